@@ -1,0 +1,1 @@
+"""cdcflow core: the event, the outbox writer, the change-stream tailer, settings and logging."""

@@ -1,0 +1,54 @@
+"""The `cdcflow` command line: a thin shell over functions the tests call directly."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from cdc.errors import CdcError
+from cdc.logs import configure_logging
+from cdc.settings import load_settings
+from infra.cli import app as infra_app
+from infra.errors import InfraError
+
+app = typer.Typer(
+    help="cdcflow: MongoDB outbox -> change streams -> Kafka -> idempotent read models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(infra_app, name="infra")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    log_level: Annotated[str | None, typer.Option(help="Log level (default from CDCFLOW_LOG_LEVEL).")] = None,
+) -> None:
+    settings = load_settings()
+    configure_logging(log_level or settings.log_level, settings.log_json)
+    ctx.obj = settings
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """Install and start the local servers, then a smoke round trip through each."""
+    from infra.demo import run_demo
+
+    run_demo(ctx.obj)
+
+
+def main() -> None:
+    """Console-script entry point: expected errors become one clear line and exit code 1."""
+    try:
+        app()
+    except (InfraError, CdcError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    except ValidationError as exc:
+        typer.secho(f"error: bad setting: {exc.errors()[0].get('loc')}: {exc.errors()[0].get('msg')}",
+                    fg="red", err=True)
+        sys.exit(2)

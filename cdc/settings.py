@@ -1,0 +1,132 @@
+"""The one settings object: read from the environment (or a `.env` file) once, then passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Every knob of cdcflow. Unset server addresses mean the local servers that infra/ starts."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CDCFLOW_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Where infra/ keeps server data (inside the checkout, git-ignored) and downloaded jars (outside it).
+    data_dir: Path = REPO_ROOT / ".data"
+    cache_dir: Path = Path.home() / ".cache" / "cdcflow"
+
+    # Local server ports (used when the matching URI/DSN is unset).
+    mongo_port: int = 27117
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    postgres_port: int = 15432
+    cassandra_port: int = 19042
+    cassandra_storage_port: int = 17000
+    cassandra_jmx_port: int = 17199
+    neo4j_bolt_port: int = 17687
+
+    # External servers: set these to point at real clusters instead of the local ones.
+    mongo_uri_override: str | None = Field(default=None, validation_alias=_env("MONGO_URI", "CDCFLOW_MONGO_URI"))
+    kafka_bootstrap_override: str | None = Field(
+        default=None, validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS", "CDCFLOW_KAFKA_BOOTSTRAP_SERVERS")
+    )
+    postgres_dsn_override: SecretStr | None = Field(
+        default=None, validation_alias=_env("POSTGRES_DSN", "CDCFLOW_POSTGRES_DSN")
+    )
+    cassandra_hosts_override: str | None = Field(
+        default=None, validation_alias=_env("CASSANDRA_HOSTS", "CDCFLOW_CASSANDRA_HOSTS")
+    )
+    neo4j_uri_override: str | None = Field(default=None, validation_alias=_env("NEO4J_URI", "CDCFLOW_NEO4J_URI"))
+    neo4j_user: str | None = Field(default=None, validation_alias=_env("NEO4J_USER", "CDCFLOW_NEO4J_USER"))
+    neo4j_password: SecretStr | None = Field(
+        default=None, validation_alias=_env("NEO4J_PASSWORD", "CDCFLOW_NEO4J_PASSWORD")
+    )
+
+    # MongoDB client pool (one pooled client per process).
+    mongo_max_pool_size: int = 50
+    mongo_min_pool_size: int = 1
+    mongo_server_selection_timeout_ms: int = 3000
+    mongo_wait_queue_timeout_ms: int = 2000
+
+    # Kafka.
+    kafka_partitions: int = 4
+    kafka_replication_factor: int = 1
+
+    # Start-up deadlines (seconds) for `infra up`.
+    infra_start_timeout: float = 180.0
+
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON lines when stderr is not a terminal
+
+    @property
+    def mongo_uri(self) -> str:
+        """The MongoDB connection string in force."""
+        if self.mongo_uri_override:
+            return self.mongo_uri_override
+        return f"mongodb://127.0.0.1:{self.mongo_port}/?directConnection=true"
+
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        """Kafka bootstrap servers, comma-separated."""
+        return self.kafka_bootstrap_override or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def postgres_dsn(self) -> str:
+        """The Postgres connection string in force (contains the password: never log it)."""
+        if self.postgres_dsn_override is not None:
+            return self.postgres_dsn_override.get_secret_value()
+        return f"postgresql://postgres@127.0.0.1:{self.postgres_port}/postgres"
+
+    @property
+    def cassandra_contact_points(self) -> list[tuple[str, int]]:
+        """Cassandra contact points as (host, port) pairs."""
+        if not self.cassandra_hosts_override:
+            return [("127.0.0.1", self.cassandra_port)]
+        points: list[tuple[str, int]] = []
+        for item in self.cassandra_hosts_override.split(","):
+            host, _, port = item.strip().partition(":")
+            points.append((host, int(port) if port else 9042))
+        return points
+
+    @property
+    def neo4j_uri(self) -> str:
+        """The Bolt URI in force."""
+        return self.neo4j_uri_override or f"bolt://127.0.0.1:{self.neo4j_bolt_port}"
+
+    @property
+    def neo4j_auth(self) -> tuple[str, str] | None:
+        """Driver auth tuple, or None when the server runs without auth (the local default)."""
+        if self.neo4j_user and self.neo4j_password is not None:
+            return (self.neo4j_user, self.neo4j_password.get_secret_value())
+        return None
+
+    def is_local(self, server: str) -> bool:
+        """True when `server` is one that infra/ starts here (its address was not configured)."""
+        overrides = {
+            "mongo": self.mongo_uri_override,
+            "kafka": self.kafka_bootstrap_override,
+            "postgres": self.postgres_dsn_override,
+            "cassandra": self.cassandra_hosts_override,
+            "neo4j": self.neo4j_uri_override,
+        }
+        return overrides[server] is None
+
+    @property
+    def runtime_dir(self) -> Path:
+        """Pid files and logs of the local servers."""
+        return self.data_dir / "run"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; keyword overrides win (tests use them)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Local servers for the demo and the tests: install if missing, start, health-check, stop."""

@@ -1,0 +1,95 @@
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicReference;
+
+import org.neo4j.configuration.GraphDatabaseSettings;
+import org.neo4j.configuration.connectors.BoltConnector;
+import org.neo4j.configuration.connectors.BoltConnectorInternalSettings;
+import org.neo4j.configuration.connectors.HttpConnector;
+import org.neo4j.configuration.connectors.HttpsConnector;
+import org.neo4j.configuration.helpers.SocketAddress;
+import org.neo4j.dbms.api.DatabaseManagementService;
+import org.neo4j.dbms.api.DatabaseManagementServiceBuilder;
+import org.neo4j.io.ByteUnit;
+import org.neo4j.logging.Level;
+import org.neo4j.logging.log4j.Log4jLogProvider;
+
+/**
+ * cdcflow's local Neo4j: an embedded DBMS that serves Bolt, for the demo and the tests.
+ *
+ * Usage: java ... Neo4jLauncher HOME_DIR BOLT_PORT [BOLT_HOST]
+ *
+ * Neo4j's own server distribution is not on Maven Central; the embedded API plus the Bolt connector gives the
+ * same wire protocol from the plain `org.neo4j:neo4j` jars.
+ */
+public final class Neo4jLauncher {
+    /** How long a shutdown during start-up waits for the store to finish opening. */
+    private static final Duration START_WAIT = Duration.ofMinutes(3);
+
+    private Neo4jLauncher() {}
+
+    public static void main(String[] args) throws InterruptedException {
+        if (args.length < 2) {
+            System.err.println("usage: Neo4jLauncher HOME_DIR BOLT_PORT [BOLT_HOST]");
+            System.exit(2);
+        }
+        Path home = Path.of(args[0]).toAbsolutePath();
+        int port = Integer.parseInt(args[1]);
+        String host = args.length > 2 ? args[2] : "127.0.0.1";
+
+        AtomicReference<DatabaseManagementService> service = new AtomicReference<>();
+        CountDownLatch built = new CountDownLatch(1);
+        // Registered before build(): a SIGTERM that arrives mid-start-up waits for the store to open and then
+        // shuts it down cleanly, so the next start does not pay for recovery.
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            try {
+                built.await(START_WAIT.toSeconds(), TimeUnit.SECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+            DatabaseManagementService dbms = service.get();
+            if (dbms != null) {
+                System.out.println("cdcflow-neo4j: shutting down");
+                dbms.shutdown();
+                System.out.println("cdcflow-neo4j: stopped");
+            }
+        }, "cdcflow-neo4j-shutdown"));
+
+        DatabaseManagementService dbms;
+        try {
+            dbms = new DatabaseManagementServiceBuilder(home)
+                    .setUserLogProvider(new Log4jLogProvider(System.out, Level.INFO))
+                    .setConfig(BoltConnector.enabled, true)
+                    .setConfig(BoltConnector.listen_address, new SocketAddress(host, port))
+                    .setConfig(BoltConnector.encryption_level, BoltConnector.EncryptionLevel.DISABLED)
+                    .setConfig(HttpConnector.enabled, false)
+                    .setConfig(HttpsConnector.enabled, false)
+                    .setConfig(GraphDatabaseSettings.auth_enabled, false)
+                    .setConfig(GraphDatabaseSettings.pagecache_memory, ByteUnit.mebiBytes(64))
+                    // Defaults preallocate ~0.5 GB of transaction logs in a fresh home.
+                    .setConfig(GraphDatabaseSettings.preallocate_logical_logs, false)
+                    .setConfig(GraphDatabaseSettings.logical_log_rotation_threshold, ByteUnit.mebiBytes(32))
+                    // Defaults make SIGTERM wait 10+ s for idle Bolt workers and connections.
+                    .setConfig(BoltConnectorInternalSettings.thread_pool_shutdown_wait_time, Duration.ofMillis(200))
+                    .setConfig(BoltConnectorInternalSettings.connection_shutdown_wait_time, Duration.ofMillis(200))
+                    .build();
+        } catch (RuntimeException e) {
+            System.err.println("cdcflow-neo4j: start failed: " + e);
+            e.printStackTrace();
+            // halt, not exit: the shutdown hook has nothing to shut down and must not block.
+            Runtime.getRuntime().halt(1);
+            return;
+        }
+        service.set(dbms);
+        built.countDown();
+
+        dbms.database(GraphDatabaseSettings.DEFAULT_DATABASE_NAME).executeTransactionally("RETURN 1");
+        System.out.println("cdcflow-neo4j: ready, bolt://" + host + ":" + port + " home " + home);
+        System.out.flush();
+
+        // Park until the JVM is told to stop; the shutdown hook does the work.
+        new CountDownLatch(1).await();
+    }
+}

@@ -1,0 +1,141 @@
+"""The shape every local server has: install, start, health, stop."""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cdc.settings import Settings
+from infra.errors import StartError
+from infra.process import ManagedProcess, port_open
+
+
+@dataclass
+class ServerStatus:
+    """What `infra status` reports for one server."""
+
+    name: str
+    endpoint: str
+    local: bool
+    running: bool
+    healthy: bool
+    pid: int | None = None
+    detail: str = ""
+    seconds: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Server(abc.ABC):
+    """A server infra/ can install and run locally; or an external one it only health-checks."""
+
+    name: str = ""
+    #: Seconds `start` may wait for health before giving up.
+    start_timeout: float = 120.0
+
+    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+        self.settings = settings
+        # `instance` lets tests run a second, private copy (own name, data dir, ports via settings).
+        self.instance = instance or self.name
+        self.process = ManagedProcess(self.instance, settings.runtime_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        """This server's data folder."""
+        return self.settings.data_dir / self.instance
+
+    @property
+    def local(self) -> bool:
+        """True when infra/ runs this server (its address was not configured)."""
+        return self.settings.is_local(self.name)
+
+    @property
+    @abc.abstractmethod
+    def endpoint(self) -> str:
+        """The address clients use (no secrets)."""
+
+    @property
+    @abc.abstractmethod
+    def ports(self) -> list[int]:
+        """TCP ports the local server listens on (checked free before start)."""
+
+    @abc.abstractmethod
+    def install(self) -> None:
+        """Make the server runnable here: idempotent, skips what is already there."""
+
+    @abc.abstractmethod
+    def launch(self) -> None:
+        """Start the (installed, not running) local server process; do not wait for health."""
+
+    @abc.abstractmethod
+    def check_health(self) -> str:
+        """One real round trip; returns a short detail, raises on failure."""
+
+    def stop(self) -> bool:
+        """Stop our local process (SIGTERM, then SIGKILL). True if one was running."""
+        return self.process.stop(timeout=60)
+
+    # -- shared behaviour --------------------------------------------------------------------------
+
+    def healthy(self) -> tuple[bool, str]:
+        """(healthy, detail) without raising."""
+        try:
+            return True, self.check_health()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", reported as text
+            return False, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+    def ensure_running(self) -> ServerStatus:
+        """Install if needed, start if not running, wait for health; returns the status with timing."""
+        start = time.monotonic()
+        if not self.local:
+            ok, detail = self.healthy()
+            if not ok:
+                from infra.errors import UnreachableError
+
+                raise UnreachableError(self.name, f"configured server {self.endpoint} is unreachable ({detail}); "
+                                       f"check the setting or unset it to use the local server")
+            return self._status(True, detail, time.monotonic() - start)
+        if not self.process.running():
+            self.install()
+            busy = [p for p in self.ports if port_open(p)]
+            if busy:
+                raise StartError(self.name, f"port {busy[0]} is already taken by another process; "
+                                 f"free it or set another port (CDCFLOW_{self.name.upper()}_PORT…)")
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.launch()
+        self.wait_healthy(self.start_timeout)
+        ok, detail = self.healthy()
+        return self._status(ok, detail, time.monotonic() - start)
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Wait for a successful health check, or raise StartError with the log tail."""
+        deadline = time.monotonic() + timeout
+        detail = ""
+        while time.monotonic() < deadline:
+            if self.local and self.process.exited_early():
+                raise StartError(self.name, f"process exited during start-up; log {self.process.log_file}:\n"
+                                 + self.process.log_tail())
+            ok, detail = self.healthy()
+            if ok:
+                return
+            time.sleep(0.5)
+        raise StartError(self.name, f"not healthy after {timeout:.0f}s ({detail}); log {self.process.log_file}")
+
+    def status(self) -> ServerStatus:
+        """Current status without starting anything."""
+        ok, detail = self.healthy()
+        return self._status(ok, detail, None)
+
+    def _status(self, ok: bool, detail: str, seconds: float | None) -> ServerStatus:
+        pid = self.process.pid() if self.local else None
+        return ServerStatus(
+            name=self.name,
+            endpoint=self.endpoint,
+            local=self.local,
+            running=pid is not None or (not self.local and ok),
+            healthy=ok,
+            pid=pid,
+            detail=detail,
+            seconds=seconds,
+        )

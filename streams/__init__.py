@@ -1,0 +1,1 @@
+"""Faust stream processors that keep the read models current."""

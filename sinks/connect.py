@@ -1,4 +1,4 @@
-"""Connection helpers for the read-model stores: the one place that knows how to reach Postgres, Cassandra, Neo4j."""
+"""Connection helpers: the one place that knows how to reach Postgres, Cassandra and Neo4j."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import psycopg
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy
 from neo4j import Driver, GraphDatabase
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from cdc.settings import Settings
@@ -22,14 +22,12 @@ def postgres_connect(
     settings: Settings, autocommit: bool = True, dbname: str | None = None
 ) -> psycopg.Connection[TupleRow]:
     """Open a Postgres connection to the configured server (optionally another database on it)."""
-    dsn = settings.postgres_dsn
-    extra: dict[str, str | int] = {}
+    params = conninfo_to_dict(settings.postgres_dsn)
     # A timeout given in the DSN is the operator's choice; only fill it in when absent.
-    if "connect_timeout" not in conninfo_to_dict(dsn):
-        extra["connect_timeout"] = int(CONNECT_TIMEOUT)
+    params.setdefault("connect_timeout", int(CONNECT_TIMEOUT))
     if dbname is not None:
-        extra["dbname"] = dbname
-    return psycopg.connect(dsn, autocommit=autocommit, **extra)
+        params["dbname"] = dbname
+    return psycopg.connect(make_conninfo("", **params), autocommit=autocommit)
 
 
 def cassandra_cluster(

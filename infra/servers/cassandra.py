@@ -1,0 +1,235 @@
+"""The local Cassandra: a single node from the Maven Central jars, with our own small configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdc.settings import Settings
+from infra.errors import InstallError
+from infra.maven import fetch_jars, java_binary
+from infra.servers.base import Server
+from sinks.connect import cassandra_cluster
+
+COORDINATES = ["org.apache.cassandra:cassandra-all:5.0.9"]
+MAIN_CLASS = "org.apache.cassandra.service.CassandraDaemon"
+NODETOOL_CLASS = "org.apache.cassandra.tools.NodeTool"
+
+#: The --add-exports/--add-opens list Cassandra needs on Java 17 (an @argfile, shared with nodetool).
+JVM17_OPTIONS = Path(__file__).resolve().parent.parent / "conf" / "cassandra-jvm17.options"
+
+#: The node runs on a shared 2-core machine next to Kafka, Neo4j, Postgres and MongoDB.
+CORES = 2
+
+_YAML = """\
+# Written by cdcflow infra/ at every start (edits are lost): one local node for the demo and tests.
+cluster_name: cdcflow
+num_tokens: 1
+initial_token: 0
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+# Nothing older to stay compatible with: use the 5.0 on-disk formats from the first start.
+storage_compatibility_mode: NONE
+
+data_file_directories:
+  - {data}/data
+commitlog_directory: {data}/commitlog
+saved_caches_directory: {data}/saved_caches
+hints_directory: {data}/hints
+cdc_raw_directory: {data}/cdc_raw
+
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+commitlog_segment_size: 32MiB
+
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "127.0.0.1:{storage_port}"
+listen_address: 127.0.0.1
+rpc_address: 127.0.0.1
+storage_port: {storage_port}
+ssl_storage_port: {ssl_storage_port}
+start_native_transport: true
+native_transport_port: {native_port}
+# SimpleSnitch puts the node in "datacenter1", the local DC the clients are configured with.
+endpoint_snitch: SimpleSnitch
+
+# Sized for {cores} cores and a 1 GiB heap, not for a production box.
+concurrent_reads: 8
+concurrent_writes: 8
+concurrent_counter_writes: 8
+concurrent_materialized_view_writes: 8
+concurrent_compactors: 1
+native_transport_max_threads: 32
+memtable_heap_space: 128MiB
+memtable_offheap_space: 128MiB
+key_cache_size: 16MiB
+row_cache_size: 0MiB
+counter_cache_size: 8MiB
+file_cache_size: 64MiB
+
+# One node: there is no peer to hand hints to.
+hinted_handoff_enabled: false
+# Tests truncate and drop tables all the time; snapshots would only fill the disk.
+auto_snapshot: false
+snapshot_before_compaction: false
+"""
+
+_LOGBACK = """\
+<!-- Written by cdcflow infra/ at every start. Full log in system.log; warnings also go to stdout. -->
+<configuration scan="false">
+  <appender name="FILE" class="ch.qos.logback.core.rolling.RollingFileAppender">
+    <file>{logs}/system.log</file>
+    <rollingPolicy class="ch.qos.logback.core.rolling.FixedWindowRollingPolicy">
+      <fileNamePattern>{logs}/system.log.%i</fileNamePattern>
+      <minIndex>1</minIndex>
+      <maxIndex>3</maxIndex>
+    </rollingPolicy>
+    <triggeringPolicy class="ch.qos.logback.core.rolling.SizeBasedTriggeringPolicy">
+      <maxFileSize>20MB</maxFileSize>
+    </triggeringPolicy>
+    <encoder>
+      <pattern>%-5level [%thread] %date{{ISO8601}} %F:%L - %msg%n</pattern>
+    </encoder>
+  </appender>
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <filter class="ch.qos.logback.classic.filter.ThresholdFilter">
+      <level>WARN</level>
+    </filter>
+    <encoder>
+      <pattern>%-5level [%thread] %date{{ISO8601}} %F:%L - %msg%n</pattern>
+    </encoder>
+  </appender>
+  <logger name="org.apache.cassandra" level="INFO"/>
+  <root level="INFO">
+    <appender-ref ref="FILE"/>
+    <appender-ref ref="STDOUT"/>
+  </root>
+</configuration>
+"""
+
+
+class CassandraServer(Server):
+    """Single-node Cassandra 5.0 (CassandraDaemon) with its data, commit log and logs under the data dir."""
+
+    name = "cassandra"
+    start_timeout = 180.0
+
+    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+        super().__init__(settings, instance=instance)
+        self.lib_dir = settings.cache_dir / self.name / "lib"
+
+    @property
+    def endpoint(self) -> str:
+        """CQL contact points, host:port, comma-separated."""
+        return ",".join(f"{host}:{port}" for host, port in self.settings.cassandra_contact_points)
+
+    @property
+    def ports(self) -> list[int]:
+        """CQL, inter-node storage and JMX ports."""
+        s = self.settings
+        return [s.cassandra_port, s.cassandra_storage_port, s.cassandra_jmx_port]
+
+    @property
+    def conf_dir(self) -> Path:
+        """Where the generated cassandra.yaml and logback.xml go."""
+        return self.data_dir / "conf"
+
+    @property
+    def log_dir(self) -> Path:
+        """Cassandra's own logs (system.log); stdout goes to the process log."""
+        return self.data_dir / "logs"
+
+    def install(self) -> None:
+        """Fetch the cassandra-all jars into the cache (once)."""
+        java_binary(self.name)
+        self.lib_dir = fetch_jars(self.name, COORDINATES, self.settings.cache_dir)
+
+    def write_config(self) -> Path:
+        """Write cassandra.yaml and logback.xml from the settings; returns the yaml path."""
+        s = self.settings
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        yaml = self.conf_dir / "cassandra.yaml"
+        yaml.write_text(
+            _YAML.format(
+                data=self.data_dir.resolve(),
+                storage_port=s.cassandra_storage_port,
+                # Only opened with legacy inter-node TLS, which is off; must still differ from storage_port.
+                ssl_storage_port=s.cassandra_storage_port + 1,
+                native_port=s.cassandra_port,
+                cores=CORES,
+            )
+        )
+        (self.conf_dir / "logback.xml").write_text(_LOGBACK.format(logs=self.log_dir.resolve()))
+        return yaml
+
+    def jvm_args(self) -> list[str]:
+        """JVM flags and system properties shared by the daemon (and usable for nodetool)."""
+        if not JVM17_OPTIONS.is_file():
+            raise InstallError(self.name, f"missing {JVM17_OPTIONS}: reinstall cdcflow (package data)")
+        jmx = self.settings.cassandra_jmx_port
+        args = [
+            "-Xms512m",
+            "-Xmx1g",
+            "-Xss256k",
+            "-XX:+UseG1GC",
+            "-XX:+ParallelRefProcEnabled",
+            "-XX:MaxGCPauseMillis=300",
+            f"-XX:ParallelGCThreads={CORES}",
+            "-XX:ConcGCThreads=1",
+            f"-XX:ActiveProcessorCount={CORES}",
+            # Avoid an mmap'd hsperfdata file per JVM (upstream does the same).
+            "-XX:+PerfDisableSharedMem",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.net.preferIPv4Stack=true",
+            f"@{JVM17_OPTIONS}",
+        ]
+        # jamm measures memtable sizes; without its agent Cassandra falls back to slower guessing.
+        jamm = sorted(self.lib_dir.glob("jamm-*.jar"))
+        if jamm:
+            args.append(f"-javaagent:{jamm[-1]}")
+        args += [
+            # JMX on localhost only; the RMI port pinned to the same one, else a random second port opens.
+            f"-Dcassandra.jmx.local.port={jmx}",
+            f"-Dcom.sun.management.jmxremote.rmi.port={jmx}",
+        ]
+        return args
+
+    def launch(self) -> None:
+        """Write the config and start CassandraDaemon in the foreground of its own detached process."""
+        java = java_binary(self.name)
+        if not any(self.lib_dir.glob("*.jar")):
+            raise InstallError(self.name, f"no jars in {self.lib_dir}: run `cdcflow infra up` to install")
+        yaml = self.write_config()
+        argv = [
+            java,
+            *self.jvm_args(),
+            # A lone node has nobody to gossip with: skip the waits meant for real rings.
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.ring_delay_ms=1000",
+            "-Dcassandra.shutdown_announce_in_ms=0",
+            f"-Dcassandra.available_processors={CORES}",
+            f"-Dcassandra.config={yaml.resolve().as_uri()}",
+            f"-Dcassandra.storagedir={self.data_dir.resolve()}",
+            f"-Dcassandra.logdir={self.log_dir.resolve()}",
+            f"-Dlogback.configurationFile={(self.conf_dir / 'logback.xml').resolve()}",
+            "-Dcassandra-foreground=yes",
+            "-cp",
+            f"{self.conf_dir.resolve()}:{self.lib_dir.resolve()}/*",
+            MAIN_CLASS,
+        ]
+        self.process.start(argv, cwd=self.data_dir)
+
+    def check_health(self) -> str:
+        """Ask the node for its release version over CQL."""
+        cluster = cassandra_cluster(self.settings, connect_timeout=3.0, metadata=False)
+        try:
+            session = cluster.connect()
+            row = session.execute("SELECT release_version FROM system.local", timeout=5.0).one()
+        finally:
+            cluster.shutdown()
+        if row is None:
+            raise RuntimeError("system.local returned no row")
+        return f"Cassandra {row.release_version} at {self.endpoint}"

@@ -1,0 +1,120 @@
+"""The local Neo4j: the embedded DBMS from Maven Central with Bolt enabled, run by our own small launcher."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from cdc.settings import Settings
+from infra.errors import InstallError
+from infra.maven import fetch_jars, java_binary
+from infra.servers.base import Server
+from sinks.connect import neo4j_driver
+
+COORDINATES = ["org.neo4j:neo4j:5.26.30"]
+#: Parquet import only; leaving them out saves ~20 MB and 11 jars.
+EXCLUSIONS = ["org.apache.hadoop:*", "blue.strategic.parquet:*"]
+LAUNCHER_SOURCE = Path(__file__).resolve().parent.parent / "java" / "Neo4jLauncher.java"
+MAIN_CLASS = "Neo4jLauncher"
+
+_JVM_ARGS = [
+    "-Xms64m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:+ExitOnOutOfMemoryError",
+    # Neo4j's page cache and Bolt reach into these; it runs without them but warns at every start.
+    "--add-opens=java.base/java.nio=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "-Dfile.encoding=UTF-8",
+]
+
+
+class Neo4jServer(Server):
+    """Neo4j 5.26 LTS serving Bolt (no TLS, no auth, no HTTP) with its home under the data dir."""
+
+    name = "neo4j"
+    start_timeout = 120.0
+
+    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+        super().__init__(settings, instance=instance)
+        self.lib_dir = settings.cache_dir / self.name / "lib"
+
+    @property
+    def endpoint(self) -> str:
+        """The Bolt URI."""
+        return self.settings.neo4j_uri
+
+    @property
+    def ports(self) -> list[int]:
+        """The Bolt port."""
+        return [self.settings.neo4j_bolt_port]
+
+    @property
+    def classes_dir(self) -> Path:
+        """Where the compiled launcher lives; the name carries a hash so a changed source recompiles."""
+        digest = hashlib.sha256(LAUNCHER_SOURCE.read_bytes())
+        digest.update("\n".join(COORDINATES).encode())
+        return self.settings.cache_dir / self.name / f"launcher-{digest.hexdigest()[:16]}"
+
+    def install(self) -> None:
+        """Fetch the Neo4j jars (once) and compile the launcher against them (when its source changed)."""
+        java_binary(self.name)
+        if not LAUNCHER_SOURCE.is_file():
+            raise InstallError(self.name, f"missing {LAUNCHER_SOURCE}: reinstall cdcflow (package data)")
+        self.lib_dir = fetch_jars(self.name, COORDINATES, self.settings.cache_dir, EXCLUSIONS)
+        target = self.classes_dir
+        if (target / f"{MAIN_CLASS}.class").is_file():
+            return
+        javac = shutil.which("javac")
+        if javac is None:
+            raise InstallError(
+                self.name, "`javac` is not on PATH: apt-get install -y openjdk-17-jdk-headless"
+            )
+        # Compile aside and rename, so an interrupted compile never leaves a half-filled launcher dir.
+        tmp = Path(tempfile.mkdtemp(prefix=".launcher-", dir=target.parent))
+        try:
+            result = subprocess.run(
+                [javac, "-nowarn", "-cp", f"{self.lib_dir}/*", "-d", str(tmp), str(LAUNCHER_SOURCE)],
+                capture_output=True, text=True, timeout=300,
+            )
+            if result.returncode != 0:
+                tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+                raise InstallError(self.name, "compiling Neo4jLauncher.java failed: " + " | ".join(tail))
+            for old in target.parent.glob("launcher-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def launch(self) -> None:
+        """Start the launcher JVM on the Bolt port with its home in the data dir."""
+        java = java_binary(self.name)
+        classes = self.classes_dir
+        if not (classes / f"{MAIN_CLASS}.class").is_file() or not any(self.lib_dir.glob("*.jar")):
+            raise InstallError(self.name, f"not installed under {classes.parent}: run `cdcflow infra up`")
+        argv = [
+            java,
+            *_JVM_ARGS,
+            "-cp",
+            f"{classes}:{self.lib_dir}/*",
+            MAIN_CLASS,
+            str(self.data_dir.resolve()),
+            str(self.settings.neo4j_bolt_port),
+            "127.0.0.1",
+        ]
+        self.process.start(argv, cwd=self.data_dir)
+
+    def check_health(self) -> str:
+        """Run `RETURN 1` over Bolt (auto-commit, no retries: a probe must answer or fail fast)."""
+        with neo4j_driver(self.settings) as driver, driver.session() as session:
+            result = session.run("RETURN 1 AS ok")
+            record = result.single(strict=True)
+            agent = result.consume().server.agent
+        if record["ok"] != 1:
+            raise RuntimeError(f"RETURN 1 gave {record['ok']!r}")
+        return f"{agent} at {self.endpoint}"

@@ -1,0 +1,66 @@
+"""Shared fixtures: settings, and the real local servers (started once per session, reused if running)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cdc.logs import configure_logging
+from cdc.settings import Settings, load_settings
+from infra.servers.base import Server
+
+configure_logging("WARNING", json=False)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """The settings in force (local servers unless the environment points elsewhere)."""
+    return load_settings()
+
+
+def _server(settings: Settings, name: str) -> Server:
+    from infra.stack import build_servers
+
+    server = build_servers(settings, [name])[0]
+    server.ensure_running()
+    return server
+
+
+@pytest.fixture(scope="session")
+def mongo(settings: Settings) -> Server:
+    """The MongoDB server (SecantusDB), running and healthy."""
+    return _server(settings, "mongo")
+
+
+@pytest.fixture(scope="session")
+def kafka(settings: Settings) -> Server:
+    """The Kafka broker, running and healthy."""
+    return _server(settings, "kafka")
+
+
+@pytest.fixture(scope="session")
+def postgres(settings: Settings) -> Server:
+    """The Postgres server, running and healthy."""
+    return _server(settings, "postgres")
+
+
+@pytest.fixture(scope="session")
+def cassandra(settings: Settings) -> Server:
+    """The Cassandra node, running and healthy."""
+    return _server(settings, "cassandra")
+
+
+@pytest.fixture(scope="session")
+def neo4j(settings: Settings) -> Server:
+    """The Neo4j server, running and healthy."""
+    return _server(settings, "neo4j")
+
+
+@pytest.fixture
+def restart_after(settings: Settings) -> Iterator[list[Server]]:
+    """Servers a test stops are appended here and brought back (healthy) after it, pass or fail."""
+    stopped: list[Server] = []
+    yield stopped
+    for server in stopped:
+        server.ensure_running()

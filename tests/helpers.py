@@ -1,0 +1,27 @@
+"""Small test helpers: waiting on a condition with a deadline, unique names."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> T:
+    """Poll until `predicate()` is truthy and return it; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T = predicate()
+    while not last:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last value: {last!r})")
+        time.sleep(interval)
+        last = predicate()
+    return last
+
+
+def unique(prefix: str = "t") -> str:
+    """A short unique name for a test's own topics, databases, keyspaces."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"

@@ -22,6 +22,10 @@ app = typer.Typer(
 )
 app.add_typer(infra_app, name="infra")
 
+# Each package registers its own commands (keep one line per package, in this block).
+# -- commands --
+# -- end commands --
+
 
 @app.callback()
 def _root(

@@ -68,6 +68,34 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON lines when stderr is not a terminal
 
+    # tailer
+    # Service databases whose `outbox` collection the tailer watches (JSON list in the environment).
+    tailer_databases: list[str] = Field(
+        default_factory=lambda: ["product_service", "order_service", "clickstream_service"]
+    )
+    tailer_collection: str = "outbox"
+    # The tailer's own database: resume tokens (`checkpoints`) and leader leases (`leases`).
+    tailer_state_database: str = "cdcflow_tailer"
+    # Change-stream batch size and how long one getMore waits on the server for new events.
+    tailer_batch_size: int = Field(default=1000, ge=1)
+    tailer_max_await_ms: int = Field(default=100, ge=1)
+    # Events sent to Kafka but not yet acknowledged, at most (back-pressure beyond it).
+    tailer_max_in_flight: int = Field(default=20000, ge=1)
+    # Acknowledged events are marked published and checkpointed at most this often.
+    tailer_commit_interval_ms: int = Field(default=100, ge=1)
+    # An idle outbox still checkpoints the stream's post-batch resume token this often.
+    tailer_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # Leader lease: one active tailer per outbox; a standby takes over after the TTL.
+    tailer_lease_ttl_seconds: float = Field(default=10.0, gt=0)
+    # Waiting this long on Kafka acknowledgements re-opens the stream from the checkpoint afterwards.
+    tailer_stall_reopen_seconds: float = Field(default=5.0, gt=0)
+    tailer_linger_ms: int = Field(default=1, ge=0)
+    # Unpublished backlog gauge refresh; Prometheus exporter port (0: no exporter).
+    tailer_backlog_interval_seconds: float = Field(default=10.0, gt=0)
+    tailer_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Name of this tailer in leases and logs (default: host:pid).
+    tailer_instance_id: str | None = None
+
     @property
     def mongo_uri(self) -> str:
         """The MongoDB connection string in force."""

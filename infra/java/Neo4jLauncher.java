@@ -67,6 +67,8 @@ public final class Neo4jLauncher {
                     .setConfig(HttpConnector.enabled, false)
                     .setConfig(HttpsConnector.enabled, false)
                     .setConfig(GraphDatabaseSettings.auth_enabled, false)
+                    // A throwaway local server has no business reporting usage data to neo4j.com.
+                    .setConfig(GraphDatabaseSettings.udc_enabled, false)
                     .setConfig(GraphDatabaseSettings.pagecache_memory, ByteUnit.mebiBytes(64))
                     // Defaults preallocate ~0.5 GB of transaction logs in a fresh home.
                     .setConfig(GraphDatabaseSettings.preallocate_logical_logs, false)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdc.settings import Settings
-from infra.errors import StartError
+from infra.errors import StartError, UnreachableError
 from infra.process import ManagedProcess, port_open
 
 
@@ -31,6 +31,8 @@ class Server(abc.ABC):
     """A server infra/ can install and run locally; or an external one it only health-checks."""
 
     name: str = ""
+    #: The environment variable that points cdcflow at an external server of this kind.
+    uri_setting: str = ""
     #: Seconds `start` may wait for health before giving up.
     start_timeout: float = 120.0
 
@@ -91,17 +93,21 @@ class Server(abc.ABC):
         if not self.local:
             ok, detail = self.healthy()
             if not ok:
-                from infra.errors import UnreachableError
-
-                raise UnreachableError(self.name, f"configured server {self.endpoint} is unreachable ({detail}); "
-                                       f"check the setting or unset it to use the local server")
+                raise UnreachableError(
+                    self.name,
+                    f"{self.uri_setting} points at {self.endpoint}, which is unreachable ({detail}); "
+                    f"fix {self.uri_setting} or unset it to use the local server",
+                )
             return self._status(True, detail, time.monotonic() - start)
         if not self.process.running():
             self.install()
             busy = [p for p in self.ports if port_open(p)]
             if busy:
-                raise StartError(self.name, f"port {busy[0]} is already taken by another process; "
-                                 f"free it or set another port (CDCFLOW_{self.name.upper()}_PORT…)")
+                raise StartError(
+                    self.name,
+                    f"port {busy[0]} is already taken by another process; stop that process or choose "
+                    f"another port (CDCFLOW_{self.name.upper()}_PORT and related settings)",
+                )
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.launch()
         self.wait_healthy(self.start_timeout)

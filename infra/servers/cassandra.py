@@ -112,6 +112,7 @@ class CassandraServer(Server):
     """Single-node Cassandra 5.0 (CassandraDaemon) with its data, commit log and logs under the data dir."""
 
     name = "cassandra"
+    uri_setting = "CASSANDRA_HOSTS"
     start_timeout = 180.0
 
     def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
@@ -149,7 +150,7 @@ class CassandraServer(Server):
         s = self.settings
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw"):
+        for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "triggers"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         yaml = self.conf_dir / "cassandra.yaml"
         yaml.write_text(
@@ -214,6 +215,8 @@ class CassandraServer(Server):
             f"-Dcassandra.config={yaml.resolve().as_uri()}",
             f"-Dcassandra.storagedir={self.data_dir.resolve()}",
             f"-Dcassandra.logdir={self.log_dir.resolve()}",
+            # Cassandra warns on every schema change when its trigger directory is missing.
+            f"-Dcassandra.triggers_dir={(self.data_dir / 'triggers').resolve()}",
             f"-Dlogback.configurationFile={(self.conf_dir / 'logback.xml').resolve()}",
             "-Dcassandra-foreground=yes",
             "-cp",

@@ -47,6 +47,7 @@ class KafkaServer(Server):
     """A single-node KRaft Kafka broker on loopback."""
 
     name = "kafka"
+    uri_setting = "KAFKA_BOOTSTRAP_SERVERS"
     start_timeout = 90.0
 
     def __init__(
@@ -71,6 +72,7 @@ class KafkaServer(Server):
         return [self.port, self.controller_port]
 
     def install(self) -> None:
+        java_binary(self.name)
         fetch_jars("kafka", KAFKA_COORDINATES, self.settings.cache_dir)
 
     def _properties(self) -> str:

@@ -20,6 +20,7 @@ class MongoServer(Server):
     """SecantusDB started as `secantusd-py` on loopback, with transactions and change streams."""
 
     name = "mongo"
+    uri_setting = "MONGO_URI"
     start_timeout = 60.0
 
     def __init__(
@@ -77,7 +78,7 @@ class MongoServer(Server):
 
     def check_health(self) -> str:
         client: MongoClient[dict[str, object]] = MongoClient(
-            self.uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, timeoutMS=15000
+            self.uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, socketTimeoutMS=5000
         )
         try:
             hello = client.admin.command("hello")

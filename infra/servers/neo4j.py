@@ -38,6 +38,7 @@ class Neo4jServer(Server):
     """Neo4j 5.26 LTS serving Bolt (no TLS, no auth, no HTTP) with its home under the data dir."""
 
     name = "neo4j"
+    uri_setting = "NEO4J_URI"
     start_timeout = 120.0
 
     def __init__(self, settings: Settings, *, instance: str | None = None) -> None:

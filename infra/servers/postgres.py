@@ -30,6 +30,7 @@ class PostgresServer(Server):
     """A private Postgres cluster on loopback, run as the `postgres` OS user (initdb refuses root)."""
 
     name = "postgres"
+    uri_setting = "POSTGRES_DSN"
     start_timeout = 60.0
 
     def __init__(self, settings: Settings, *, instance: str | None = None, port: int | None = None) -> None:

@@ -1,0 +1,88 @@
+"""The sink port: what every read model writer implements, free of Faust so live workers and replay share it.
+
+A sink receives batches of validated events (in topic-partition order, so per aggregate in order) and applies
+them idempotently: a batch written twice, or an older event written after a newer one, changes nothing.
+
+Errors decide what the caller does next:
+- `TransientSinkError`: the store is unreachable or overloaded; retry the same batch later (with backoff).
+- `PermanentSinkError`: this input can never be written (the store rejects it); dead-letter it and go on.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from cdc.event import Event
+
+
+class SinkError(Exception):
+    """Base class of every sink error."""
+
+
+class TransientSinkError(SinkError):
+    """The write may succeed later (server down, timeout, deadlock): retry it."""
+
+
+class PermanentSinkError(SinkError):
+    """The write can never succeed for this input: dead-letter it."""
+
+    def __init__(self, message: str, event_id: str | None = None) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+def check_namespace(namespace: str) -> str:
+    """A namespace is a Postgres schema, a Cassandra keyspace or a Neo4j label prefix: keep it plain."""
+    if not _NAMESPACE.match(namespace):
+        raise ValueError(
+            f"bad sink namespace {namespace!r}: lower-case letters, digits and '_', starting with a letter"
+        )
+    return namespace
+
+
+class Sink(abc.ABC):
+    """A read model: created at `setup()`, written in idempotent batches, read by its own queries."""
+
+    #: Read-model name (`order_view`, `purchase_graph`, `clickstream`, `stock_view`).
+    name: ClassVar[str] = ""
+    #: Event types this sink applies; anything else on its topic is a dead letter.
+    event_types: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = check_namespace(namespace)
+
+    @abc.abstractmethod
+    def setup(self) -> None:
+        """Create schemas, tables, keyspaces, constraints: idempotent, safe to call at every start."""
+
+    @abc.abstractmethod
+    def write(self, batch: Sequence[Event]) -> None:
+        """Apply `batch` (validated events, per-aggregate order kept) idempotently, all or nothing per call
+        where the store allows; raise TransientSinkError or PermanentSinkError."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections (idempotent); a later `write` may reconnect."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> Any:
+        """The whole read model as plain, comparable data (tests, rebuild checks). Not for large models."""
+
+    @abc.abstractmethod
+    def drop(self) -> None:
+        """Remove this namespace's schema/keyspace/nodes entirely (tests, `--rebuild` shadows)."""
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(namespace={self.namespace!r})"

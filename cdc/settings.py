@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     # Start-up deadlines (seconds) for `infra up`.
     infra_start_timeout: float = 180.0
 
+    # streams and sinks
+    clickstream_ttl_days: int = 90  # page views expire this long after they happened
+    sink_namespace: str = "cdcflow"  # Postgres schema / Cassandra keyspace of the live read models
+    stream_batch_size: int = 500  # events per sink write (stream.take max)
+    stream_batch_within: float = 0.5  # seconds to wait for a batch to fill
+    sink_retry_initial: float = 0.2  # first backoff (s) after a transient sink error, doubling
+    sink_retry_max: float = 5.0  # backoff ceiling (s); a down sink is retried forever
+    worker_web_port: int | None = None  # Faust web server port; None disables it
+    worker_session_timeout: float = 10.0  # seconds before a dead worker's partitions move to another
+
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON lines when stderr is not a terminal
 

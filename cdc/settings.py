@@ -106,6 +106,28 @@ class Settings(BaseSettings):
     # Name of this tailer in leases and logs (default: host:pid).
     tailer_instance_id: str | None = None
 
+    # producers
+    # Published outbox documents expire this long after `published_at`; unpublished ones never do.
+    outbox_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    # Largest encoded event (JSON on Kafka, BSON in the outbox) a service may write.
+    max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Service database names are `<prefix><name>` (tests use a unique prefix).
+    service_db_prefix: str = ""
+    # Order service: a snapshot every N events; how long concurrent appends retry before a 409.
+    order_snapshot_interval: int = Field(default=100, ge=1)
+    order_append_retry_seconds: float = 5.0
+    # Circuit breaker on the MongoDB client: trips after N consecutive connection failures (or a failed
+    # heartbeat), fails fast with 503 for `breaker_reset_seconds`, then lets one trial request through.
+    # Each request's MongoDB work is bounded by `breaker_call_timeout_ms`.
+    breaker_failure_threshold: int = Field(default=2, ge=1)
+    breaker_reset_seconds: float = 1.0
+    breaker_call_timeout_ms: int = 10_000
+    # `cdcflow serve`: default host and ports of the example services; `cdcflow load` targets them.
+    services_host: str = "127.0.0.1"
+    product_port: int = 8101
+    order_port: int = 8102
+    clickstream_port: int = 8103
+
     @property
     def mongo_uri(self) -> str:
         """The MongoDB connection string in force."""

@@ -1,0 +1,278 @@
+"""Cassandra clickstream: page views by (user, day), product views by day, with TTL retention.
+
+Idempotent by construction: every view is a cell keyed by its event id (clustering (ts, event_id) in the user
+table, (product_id, event_id) in the product table), so a duplicate or a replay rewrites the same cells. No
+counters: "top products on a day" counts rows of the day's partition with GROUP BY product_id.
+
+TTL follows the event time: a view expires `clickstream_ttl_days` after it *happened*, so a replay of an old
+view gets the same expiry (and a view already past retention is not written at all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, ClassVar
+from uuid import UUID
+
+from cassandra import DriverException, RequestValidationException
+from cassandra.cluster import NoHostAvailable, Session
+from cassandra.concurrent import execute_concurrent
+from cassandra.query import PreparedStatement
+
+from cdc.errors import InvalidEventError
+from cdc.event import Event
+from cdc.logs import get_logger
+from cdc.schemas import PageViewed, parse_payload
+from cdc.settings import Settings
+from sinks.base import PermanentSinkError, Sink, TransientSinkError
+from sinks.connect import cassandra_session
+
+log = get_logger(__name__)
+
+#: Concurrent async writes in flight per batch.
+CONCURRENCY = 64
+
+
+@dataclass(frozen=True)
+class PageView:
+    """One page view as stored."""
+
+    user_id: str
+    day: date
+    ts: datetime
+    event_id: str
+    url: str
+    product_id: str | None = None
+    referrer: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {
+            "user_id": self.user_id, "day": self.day.isoformat(), "ts": self.ts.isoformat(),
+            "event_id": self.event_id, "url": self.url, "product_id": self.product_id,
+            "referrer": self.referrer,
+        }
+
+
+def page_view_of(event: Event) -> PageView:
+    """The stored view of a PageViewed event (InvalidEventError otherwise). Time at millisecond precision."""
+    payload = parse_payload(event)
+    if not isinstance(payload, PageViewed):
+        raise InvalidEventError(f"{event.type} is not a clickstream event")
+    ts = payload.timestamp
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    ts = ts.replace(microsecond=(ts.microsecond // 1000) * 1000)
+    return PageView(
+        user_id=payload.user_id, day=ts.date(), ts=ts, event_id=event.event_id, url=payload.url,
+        product_id=payload.product_id, referrer=payload.referrer,
+    )
+
+
+def ttl_seconds(ts: datetime, retention_days: int, now: datetime | None = None) -> int:
+    """Seconds left before a view at `ts` leaves retention (<= 0: already gone)."""
+    now = now or datetime.now(UTC)
+    return int((ts + timedelta(days=retention_days) - now).total_seconds())
+
+
+def classify_cassandra_error(exc: BaseException) -> Exception:
+    """Validation errors (bad query/data) are permanent; everything else (unavailable, timeouts) transient."""
+    if isinstance(exc, RequestValidationException):
+        return PermanentSinkError(f"cassandra rejected the write: {exc}")
+    return TransientSinkError(f"cassandra unavailable: {type(exc).__name__}: {exc}")
+
+
+class ClickstreamSink(Sink):
+    """The `clickstream` read model on Cassandra (keyspace = namespace)."""
+
+    name: ClassVar[str] = "clickstream"
+    event_types: ClassVar[frozenset[str]] = frozenset({"PageViewed"})
+
+    def __init__(self, settings: Settings, namespace: str = "cdcflow", ttl_days: int | None = None) -> None:
+        super().__init__(namespace)
+        self.settings = settings
+        self.ttl_days = ttl_days if ttl_days is not None else settings.clickstream_ttl_days
+        self._session: Session | None = None
+        self._insert_user: PreparedStatement | None = None
+        self._insert_product: PreparedStatement | None = None
+
+    # -- connection -----------------------------------------------------------------------------------
+
+    def _connect(self) -> Session:
+        if self._session is None:
+            try:
+                self._session = cassandra_session(self.settings)
+            except (NoHostAvailable, DriverException, OSError) as exc:
+                raise TransientSinkError(f"cassandra unreachable: {exc}") from exc
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                self._session.cluster.shutdown()
+        self._session = None
+        self._insert_user = self._insert_product = None
+
+    def _execute(self, query: str, params: Sequence[Any] | None = None) -> Any:
+        session = self._connect()
+        try:
+            return session.execute(query, params)
+        except Exception as exc:
+            err = classify_cassandra_error(exc)
+            if isinstance(err, TransientSinkError):
+                self.close()
+            raise err from exc
+
+    # -- setup ----------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        ks = self.namespace
+        self._execute(
+            f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+        )
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {ks}.page_views_by_user_day ("
+            "user_id text, day date, ts timestamp, event_id uuid, url text, product_id text, referrer text, "
+            "PRIMARY KEY ((user_id, day), ts, event_id)) WITH CLUSTERING ORDER BY (ts ASC, event_id ASC)"
+        )
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {ks}.product_views_by_day ("
+            "day date, product_id text, event_id uuid, user_id text, ts timestamp, "
+            "PRIMARY KEY ((day), product_id, event_id))"
+        )
+        self._prepare()
+
+    def _prepare(self) -> tuple[PreparedStatement, PreparedStatement]:
+        if self._insert_user is None or self._insert_product is None:
+            session = self._connect()
+            ks = self.namespace
+            try:
+                self._insert_user = session.prepare(
+                    f"INSERT INTO {ks}.page_views_by_user_day "
+                    "(user_id, day, ts, event_id, url, product_id, referrer) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "USING TTL ?"
+                )
+                self._insert_product = session.prepare(
+                    f"INSERT INTO {ks}.product_views_by_day (day, product_id, event_id, user_id, ts) "
+                    "VALUES (?, ?, ?, ?, ?) USING TTL ?"
+                )
+            except Exception as exc:
+                err = classify_cassandra_error(exc)
+                if isinstance(err, TransientSinkError):
+                    self.close()
+                raise err from exc
+        return self._insert_user, self._insert_product
+
+    def drop(self) -> None:
+        self._execute(f"DROP KEYSPACE IF EXISTS {self.namespace}")
+        self._insert_user = self._insert_product = None
+
+    # -- write ----------------------------------------------------------------------------------------
+
+    def write(self, batch: Sequence[Event]) -> None:
+        if not batch:
+            return
+        views: list[PageView] = []
+        for event in batch:
+            try:
+                views.append(page_view_of(event))
+            except InvalidEventError as exc:
+                raise PermanentSinkError(str(exc), event_id=event.event_id) from exc
+        insert_user, insert_product = self._prepare()
+        session = self._connect()
+        now = datetime.now(UTC)
+        statements: list[tuple[PreparedStatement, tuple[Any, ...]]] = []
+        owners: list[str] = []
+        for v in views:
+            ttl = ttl_seconds(v.ts, self.ttl_days, now)
+            if ttl <= 0:
+                continue  # already past retention: it would expire at once
+            uid = UUID(v.event_id)
+            statements.append(
+                (insert_user, (v.user_id, v.day, v.ts, uid, v.url, v.product_id, v.referrer, ttl))
+            )
+            owners.append(v.event_id)
+            if v.product_id:
+                statements.append((insert_product, (v.day, v.product_id, uid, v.user_id, v.ts, ttl)))
+                owners.append(v.event_id)
+        try:
+            results = execute_concurrent(
+                session, statements, concurrency=CONCURRENCY, raise_on_first_error=False
+            )
+        except Exception as exc:  # the session itself failed
+            self.close()
+            raise classify_cassandra_error(exc) from exc
+        failures = [(owners[i], r.result_or_exc) for i, r in enumerate(results) if not r.success]
+        if not failures:
+            return
+        errors = [(eid, classify_cassandra_error(e)) for eid, e in failures]
+        transient = [e for _, e in errors if isinstance(e, TransientSinkError)]
+        if transient:
+            if any(isinstance(e, NoHostAvailable) for _, e in failures):
+                self.close()
+            raise transient[0]
+        eid, first = errors[0]
+        raise PermanentSinkError(str(first), event_id=eid)
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    def views(self, user_id: str, day: date) -> list[PageView]:
+        """A user's page views on `day`, oldest first."""
+        rows = self._execute(
+            f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
+            f"FROM {self.namespace}.page_views_by_user_day WHERE user_id = %s AND day = %s",
+            (user_id, day),
+        )
+        return [_view(r) for r in rows]
+
+    def views_between(self, user_id: str, start: datetime, end: datetime) -> list[PageView]:
+        """A user's page views with start <= ts < end (one partition per day), oldest first."""
+        out: list[PageView] = []
+        start, end = start.astimezone(UTC), end.astimezone(UTC)
+        day = start.date()
+        while day <= end.date():
+            out.extend(v for v in self.views(user_id, day) if start <= v.ts < end)
+            day += timedelta(days=1)
+        return out
+
+    def top_products(self, day: date, limit: int = 10) -> list[tuple[str, int]]:
+        """Most viewed products on `day` as (product_id, views), most viewed first."""
+        rows = self._execute(
+            f"SELECT product_id, count(*) AS n FROM {self.namespace}.product_views_by_day "
+            "WHERE day = %s GROUP BY product_id",
+            (day,),
+        )
+        counts = [(r.product_id, int(r.n)) for r in rows]
+        counts.sort(key=lambda pc: (-pc[1], pc[0]))
+        return counts[:limit]
+
+    def snapshot(self) -> dict[str, list[Any]]:
+        users = self._execute(
+            f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
+            f"FROM {self.namespace}.page_views_by_user_day"
+        )
+        products = self._execute(
+            f"SELECT day, product_id, event_id, user_id, ts FROM {self.namespace}.product_views_by_day"
+        )
+        return {
+            "views": sorted((_view(r).to_json() for r in users), key=lambda v: (v["ts"], v["event_id"])),
+            "product_views": sorted(
+                [str(r.day), r.product_id, str(r.event_id), r.user_id, _utc(r.ts).isoformat()]
+                for r in products
+            ),
+        }
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _view(r: Any) -> PageView:
+    day = r.day.date() if hasattr(r.day, "date") else r.day
+    return PageView(
+        user_id=r.user_id, day=day, ts=_utc(r.ts), event_id=str(r.event_id), url=r.url,
+        product_id=r.product_id, referrer=r.referrer,
+    )

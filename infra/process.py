@@ -76,6 +76,9 @@ class ManagedProcess:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             return True
+        if not environ:
+            # Empty while the process is in the middle of an exec (the java launcher re-execs itself).
+            return True
         return f"CDCFLOW_SERVER={self.name}".encode() in environ.split(b"\0")
 
     def running(self) -> bool:

@@ -82,6 +82,9 @@ class Server(abc.ABC):
 
     def healthy(self) -> tuple[bool, str]:
         """(healthy, detail) without raising."""
+        if self.local and not port_open(self.ports[0]):
+            # Skip the client entirely: drivers log every refused connection loudly.
+            return False, f"nothing accepts connections on port {self.ports[0]}"
         try:
             return True, self.check_health()
         except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", reported as text

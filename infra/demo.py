@@ -23,5 +23,6 @@ def run_demo(settings: Settings) -> None:
     for st in statuses:
         t0 = time.perf_counter()
         result = ROUND_TRIPS[st.name](settings)
-        table.add_row(st.name, st.endpoint, f"{st.seconds or 0:.1f}", result, f"{(time.perf_counter() - t0) * 1000:.0f}")
+        ms = (time.perf_counter() - t0) * 1000
+        table.add_row(st.name, st.endpoint, f"{st.seconds or 0:.1f}", result, f"{ms:.0f}")
     console.print(table)

@@ -85,5 +85,7 @@ def java_binary(server: str) -> str:
     """The java executable, or a clear InstallError naming what to install."""
     java = shutil.which("java")
     if java is None:
-        raise InstallError(server, "Java 17+ is required but `java` is not on PATH: apt-get install -y openjdk-17-jdk-headless")
+        raise InstallError(
+            server, "Java 17+ is required but `java` is not on PATH: apt-get install -y openjdk-17-jdk-headless"
+        )
     return java

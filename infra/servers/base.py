@@ -33,6 +33,8 @@ class Server(abc.ABC):
     name: str = ""
     #: The environment variable that points cdcflow at an external server of this kind.
     uri_setting: str = ""
+    #: The setting that moves the local server's main port.
+    port_setting: str = ""
     #: Seconds `start` may wait for health before giving up.
     start_timeout: float = 120.0
 
@@ -87,7 +89,7 @@ class Server(abc.ABC):
             return False, f"nothing accepts connections on port {self.ports[0]}"
         try:
             return True, self.check_health()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", reported as text
+        except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
     def ensure_running(self) -> ServerStatus:
@@ -109,7 +111,7 @@ class Server(abc.ABC):
                 raise StartError(
                     self.name,
                     f"port {busy[0]} is already taken by another process; stop that process or choose "
-                    f"another port (CDCFLOW_{self.name.upper()}_PORT and related settings)",
+                    f"another port ({self.port_setting or f'CDCFLOW_{self.name.upper()}_PORT'} and related settings)",
                 )
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.launch()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
+import logging
 import subprocess
 import uuid
-
-import logging
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
@@ -136,7 +136,8 @@ class KafkaServer(Server):
 
     def check_health(self) -> str:
         # Refused connections are expected while the broker starts: keep librdkafka quiet here.
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 3000, "logger": _QUIET})
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 3000, "logger": _QUIET}
+        admin = AdminClient(config)
         meta = admin.list_topics(timeout=3)
         if not meta.brokers:
             raise RuntimeError("no broker in metadata")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shutil
 import sys
-import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -77,24 +77,24 @@ class MongoServer(Server):
         self.process.start(argv, cwd=self.data_dir)
 
     def check_health(self) -> str:
-        client: MongoClient[dict[str, object]] = MongoClient(
+        client: MongoClient[dict[str, Any]] = MongoClient(
             self.uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, socketTimeoutMS=5000
         )
         try:
             hello = client.admin.command("hello")
             coll = client["cdcflow_health"]["probe"]
             marker = uuid.uuid4().hex
-            seen = threading.Event()
+            seen = False
             with coll.watch([{"$match": {"operationType": "insert"}}], max_await_time_ms=200) as stream:
                 with client.start_session() as session, session.start_transaction():
                     coll.insert_one({"_id": marker}, session=session)
                 for _ in range(50):
                     change = stream.try_next()
                     if change is not None and change["documentKey"]["_id"] == marker:
-                        seen.set()
+                        seen = True
                         break
             coll.delete_one({"_id": marker})
-            if not seen.is_set():
+            if not seen:
                 raise RuntimeError("change stream did not see the committed insert")
             return f"hello ok (setName={hello.get('setName', '-')}), transaction + change stream ok"
         except PyMongoError as exc:

@@ -39,6 +39,7 @@ class Neo4jServer(Server):
 
     name = "neo4j"
     uri_setting = "NEO4J_URI"
+    port_setting = "CDCFLOW_NEO4J_BOLT_PORT"
     start_timeout = 120.0
 
     def __init__(self, settings: Settings, *, instance: str | None = None) -> None:

@@ -59,14 +59,18 @@ class PostgresServer(Server):
         if _pg_bin() is not None:
             return
         if os.geteuid() != 0:
-            raise InstallError(self.name, "PostgreSQL is not installed and we are not root: apt-get install -y postgresql")
+            raise InstallError(
+                self.name, "PostgreSQL is not installed and we are not root: apt-get install -y postgresql"
+            )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "postgresql"]):
             result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
             if result.returncode != 0:
                 raise InstallError(self.name, f"`{' '.join(cmd)}` failed: {result.stderr.strip()[-300:]}")
         if _pg_bin() is None:
-            raise InstallError(self.name, "apt-get installed postgresql but no initdb was found under /usr/lib/postgresql")
+            raise InstallError(
+                self.name, "apt-get installed postgresql but no initdb was found under /usr/lib/postgresql"
+            )
 
     @property
     def pgdata(self) -> Path:

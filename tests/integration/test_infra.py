@@ -14,6 +14,7 @@ import pytest
 from cdc.settings import Settings
 from infra import stack
 from infra.process import pid_alive
+from infra.servers.base import ServerStatus
 from infra.smoke import ROUND_TRIPS
 
 pytestmark = pytest.mark.integration
@@ -28,12 +29,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
 
 
 @pytest.fixture(scope="module")
-def all_up(settings: Settings) -> list[stack.ServerStatus]:
+def all_up(settings: Settings) -> list[ServerStatus]:
     """The whole stack, up (a no-op when `make test` already started it)."""
     return stack.up(settings)
 
 
-def test_every_server_is_healthy_after_up(all_up: list[stack.ServerStatus]) -> None:
+def test_every_server_is_healthy_after_up(all_up: list[ServerStatus]) -> None:
     assert [s.name for s in all_up] == list(stack.SERVER_NAMES)
     for status in all_up:
         assert status.healthy, f"{status.name}: {status.detail}"
@@ -41,19 +42,21 @@ def test_every_server_is_healthy_after_up(all_up: list[stack.ServerStatus]) -> N
 
 
 @pytest.mark.parametrize("name", stack.SERVER_NAMES)
-def test_write_and_read_through_project_helpers(all_up: list[stack.ServerStatus], settings: Settings, name: str) -> None:
+def test_write_and_read_through_project_helpers(
+    all_up: list[ServerStatus], settings: Settings, name: str
+) -> None:
     result = ROUND_TRIPS[name](settings)
     assert result
 
 
-def test_up_twice_is_harmless(all_up: list[stack.ServerStatus], settings: Settings) -> None:
+def test_up_twice_is_harmless(all_up: list[ServerStatus], settings: Settings) -> None:
     before = {s.name: s.pid for s in all_up}
     again = stack.up(settings)
     assert {s.name: s.pid for s in again} == before
     assert all(s.healthy for s in again)
 
 
-def test_status_json_shows_five_healthy_servers(all_up: list[stack.ServerStatus]) -> None:
+def test_status_json_shows_five_healthy_servers(all_up: list[ServerStatus]) -> None:
     result = run_cli("infra", "status", "--json")
     assert result.returncode == 0, result.stderr
     statuses = json.loads(result.stdout)
@@ -61,7 +64,7 @@ def test_status_json_shows_five_healthy_servers(all_up: list[stack.ServerStatus]
     assert all(s["healthy"] for s in statuses)
 
 
-def test_whole_stack_stays_under_6_gib(all_up: list[stack.ServerStatus]) -> None:
+def test_whole_stack_stays_under_6_gib(all_up: list[ServerStatus]) -> None:
     total_kib = 0
     for status in all_up:
         assert status.pid is not None

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, LiteralString
 
-from neo4j import Driver, ManagedTransaction
+from neo4j import Driver, ManagedTransaction, Session
 from neo4j.exceptions import (
     ClientError,
     DatabaseUnavailable,
@@ -50,6 +50,9 @@ from sinks.order_view import ORDER_EVENT_TYPES, order_key
 log = get_logger(__name__)
 
 DEFAULT_NAMESPACE = "cdcflow"
+
+#: How long the driver itself retries a transaction before the sink reports a transient error.
+DRIVER_RETRY_SECONDS = 2.0
 
 
 def classify_neo4j_error(exc: BaseException) -> Exception:
@@ -130,12 +133,20 @@ class PurchaseGraphSink(Sink):
                 self._driver.close()
         self._driver = None
 
+    def _session(self) -> Session:
+        # The worker retries with its own backoff: the driver's own retries (30 s by default) only delay that.
+        return self._drv().session(max_transaction_retry_time=DRIVER_RETRY_SECONDS)
+
     def _read(self, text: str, **params: Any) -> list[dict[str, Any]]:
+        def work(tx: ManagedTransaction) -> list[dict[str, Any]]:
+            return [r.data() for r in tx.run(self._q(text), params)]
+
         try:
-            records, _, _ = self._drv().execute_query(self._q(text), params, routing_="r")
+            with self._session() as session:
+                result: list[dict[str, Any]] = session.execute_read(work)
         except Exception as exc:
             raise self._fail(exc) from exc
-        return [r.data() for r in records]
+        return result
 
     def _fail(self, exc: BaseException) -> Exception:
         err = classify_neo4j_error(exc)
@@ -161,7 +172,7 @@ class PurchaseGraphSink(Sink):
 
     def setup(self) -> None:
         try:
-            with self._drv().session() as session:
+            with self._session() as session:
                 for name, text in self._constraint_names():
                     session.run(self._q(text.replace("{name}", f"`{name}`"))).consume()
         except Exception as exc:
@@ -169,7 +180,7 @@ class PurchaseGraphSink(Sink):
 
     def drop(self) -> None:
         try:
-            with self._drv().session() as session:
+            with self._session() as session:
                 while True:  # delete in chunks: one huge transaction would need a lot of heap
                     summary = session.run(
                         self._q("MATCH (n) WHERE n:$Customer OR n:$Product WITH n LIMIT 5000 DETACH DELETE n")
@@ -256,7 +267,7 @@ class PurchaseGraphSink(Sink):
                         tx.run(self._q(queries[kind]), rows=layer_rows[kind]).consume()
 
         try:
-            with self._drv().session() as session:
+            with self._session() as session:
                 session.execute_write(work)
         except Exception as exc:
             raise self._fail(exc) from exc

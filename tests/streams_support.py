@@ -189,3 +189,10 @@ def wait_quiet(fn: Any, settle: float = 1.5, timeout: float = 60.0) -> Any:
         elif time.monotonic() - since >= settle:
             return last
     raise AssertionError(f"value did not settle within {timeout}s")
+
+
+def caught_up(settings: Settings, group: str, topic: str, partitions: int) -> bool:
+    """True when `group` has committed every record of `topic`."""
+    ends = end_offsets(settings, topic, partitions)
+    done = committed_offsets(settings, group, topic, partitions)
+    return all(done.get(p, -1) >= end for p, end in ends.items() if end > 0)

@@ -134,8 +134,10 @@ class TestClickstreamContract(SinkContract):
         from datetime import UTC, datetime
 
         base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=30)
-        return [page_view("clickstream", f"{tag}-u{i % 3}", f"p{i % 4}" if i % 5 else None, base + timedelta(minutes=7 * i))
-                for i in range(40)]
+        return [
+            page_view("clickstream", f"{tag}-u{i % 3}", f"p{i % 4}" if i % 5 else None, base + timedelta(minutes=7 * i))
+            for i in range(40)
+        ]
 
 
 assert T0  # shared epoch of the order fixtures

@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from cdc.event import Event
 from cdc.settings import Settings
@@ -137,7 +139,8 @@ def test_clickstream_holds_each_view_once(clicks: ClickstreamSink, data: st.Data
     n_users = data.draw(st.integers(1, 4))
     per_user = [
         [page_view("clickstream", f"{tag}-u{u}", data.draw(st.sampled_from([None, "p1", "p2", "p3"])),
-                   base + timedelta(minutes=data.draw(st.integers(0, 3000)), milliseconds=data.draw(st.integers(0, 999))))
+                   base + timedelta(minutes=data.draw(st.integers(0, 3000)),
+                                    milliseconds=data.draw(st.integers(0, 999))))
          for _ in range(data.draw(st.integers(1, 8)))]
         for u in range(n_users)
     ]

@@ -1,0 +1,387 @@
+"""The three services over HTTP on the real server: bad input, one client per process, a database per
+service, snapshots against a full replay, and the load generator."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pymongo import MongoClient, monitoring
+
+from cdc.mongo import mongo_client
+from cdc.outbox_writer import OutboxWriter
+from cdc.schemas import OrderItem
+from cdc.settings import Settings
+from infra.servers.base import Server
+from producers import clickstream, order, product
+from producers.app import SERVICE_DATABASES, service_database
+from producers.load import Mix, Targets, run_load
+from producers.order import OrderStore
+from producers.order_state import (
+    CancelOrder,
+    Command,
+    ConfirmPayment,
+    CreateOrder,
+    DeliverOrder,
+    RefundOrder,
+    ShipOrder,
+    TransitionError,
+)
+from tests.helpers import unique, wait_for
+
+pytestmark = pytest.mark.integration
+
+Document = dict[str, Any]
+FACTORIES: dict[str, Callable[..., FastAPI]] = {
+    "product": product.create_app,
+    "order": order.create_app,
+    "clickstream": clickstream.create_app,
+}
+
+
+@pytest.fixture(scope="module")
+def svc_settings(settings: Settings, mongo: Server) -> Iterator[Settings]:
+    s = settings.model_copy(
+        update={"service_db_prefix": unique("prodsvc") + "_", "order_snapshot_interval": 3}
+    )
+    yield s
+    client: MongoClient[Document] = MongoClient(s.mongo_uri)
+    for name in SERVICE_DATABASES:
+        client.drop_database(service_database(s, name))
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def apps(svc_settings: Settings) -> Iterator[dict[str, TestClient]]:
+    clients = {name: TestClient(factory(svc_settings)) for name, factory in FACTORIES.items()}
+    for c in clients.values():
+        c.__enter__()
+    clients["product"].post("/products", json=[{"id": "p-1", "name": "Lamp", "price": "10.00", "stock": 3}])
+    yield clients
+    for c in clients.values():
+        c.__exit__(None, None, None)
+
+
+# -- bad input: 404 / 409 / 422 with a reason, never a 500 -----------------------------------------------
+
+
+def _new_order(http: TestClient, *, paid: bool = False) -> str:
+    oid = unique("o")
+    body = {
+        "order_id": oid,
+        "customer_id": "c-1",
+        "items": [{"product_id": "p-1", "quantity": 2, "unit_price": "10.00"}],
+    }
+    assert http.post("/orders", json=body).status_code == 201
+    if paid:
+        assert http.post(f"/orders/{oid}/pay").status_code == 200
+    return oid
+
+
+BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str]] = [
+    # (service, method, path, kwargs, status, reason fragment); "{o}" = a created order, "{p}" = a paid one
+    ("product", "GET", "/products/nope", {}, 404, "Product nope not found"),
+    ("product", "POST", "/products/nope/purchase?quantity=1", {}, 404, "not found"),
+    ("product", "POST", "/products/p-1/purchase?quantity=99", {}, 409, "Insufficient stock"),
+    ("product", "POST", "/products/p-1/purchase?quantity=0", {}, 422, "greater than 0"),
+    ("product", "POST", "/products/p-1/purchase?quantity=-3", {}, 422, "greater than 0"),
+    ("product", "POST", "/products/p-1/purchase?quantity=abc", {}, 422, "valid integer"),
+    ("product", "POST", "/products/p-1/purchase?quantity=1.5", {}, 422, "valid integer"),
+    ("product", "POST", "/products/p-1/purchase", {}, 422, "quantity: Field required"),
+    (
+        "product",
+        "POST",
+        "/products",
+        {"json": [{"id": "x", "name": "X", "price": "-1", "stock": 1}]},
+        422,
+        "price",
+    ),
+    (
+        "product",
+        "POST",
+        "/products",
+        {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        422,
+        "JSON",
+    ),
+    ("order", "GET", "/orders/nope", {}, 404, "Order nope not found"),
+    ("order", "POST", "/orders/nope/pay", {}, 404, "Order nope not found"),
+    ("order", "POST", "/orders/nope/ship", {}, 404, "not found"),
+    ("order", "POST", "/orders/nope/deliver", {}, 404, "not found"),
+    ("order", "POST", "/orders/nope/refund", {}, 404, "not found"),
+    ("order", "POST", "/orders/nope/cancel", {}, 404, "not found"),
+    ("order", "POST", "/orders", {"json": {"customer_id": "c"}}, 422, "items: Field required"),
+    ("order", "POST", "/orders", {"json": {"customer_id": "c", "items": []}}, 422, "items"),
+    (
+        "order",
+        "POST",
+        "/orders",
+        {"json": {"customer_id": "c", "items": [{"product_id": "p", "quantity": 0, "unit_price": "1"}]}},
+        422,
+        "quantity",
+    ),
+    ("order", "POST", "/orders/{o}/ship", {}, 409, "Cannot ship an order before payment"),
+    ("order", "POST", "/orders/{o}/deliver", {}, 409, "not shipped"),
+    ("order", "POST", "/orders/{o}/refund", {}, 409, "not paid"),
+    ("order", "POST", "/orders/{o}/pay", {"json": {"amount": "1.00"}}, 409, "does not match the order total"),
+    ("order", "POST", "/orders/{p}/pay", {}, 409, "Order already paid"),
+    ("order", "POST", "/orders/{p}/refund", {"json": {"amount": "500.00"}}, 409, "exceeds"),
+    ("order", "POST", "/orders/{p}/refund", {"json": {"amount": "-1"}}, 422, "greater than 0"),
+    ("order", "POST", "/orders/{p}/ship", {"json": {"carrier": ""}}, 422, "carrier"),
+    ("clickstream", "POST", "/pageviews", {"json": {"url": "/"}}, 422, "user_id: Field required"),
+    (
+        "clickstream",
+        "POST",
+        "/pageviews",
+        {"json": {"user_id": "u", "url": "/", "timestamp": "yesterday"}},
+        422,
+        "timestamp",
+    ),
+    ("clickstream", "POST", "/pageviews/batch", {"json": []}, 422, "at least 1"),
+    ("clickstream", "POST", "/pageviews/batch", {"json": [{"user_id": "u"}]}, 422, "url"),
+    ("clickstream", "POST", "/pageviews/batch", {"json": {"user_id": "u", "url": "/"}}, 422, "valid list"),
+]
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "path", "kwargs", "status", "reason"),
+    BAD_REQUESTS,
+    ids=[f"{r[0]}-{r[1]}-{r[2]}-{r[4]}" for r in BAD_REQUESTS],
+)
+def test_bad_input_gets_a_reason_never_a_500(
+    apps: dict[str, TestClient],
+    service: str,
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    reason: str,
+) -> None:
+    http = apps[service]
+    if "{o}" in path:
+        path = path.replace("{o}", _new_order(http))
+    if "{p}" in path:
+        path = path.replace("{p}", _new_order(http, paid=True))
+    response = http.request(method, path, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert reason in response.json()["detail"]
+
+
+def test_refund_twice_and_refused_writes_leave_no_event(apps: dict[str, TestClient]) -> None:
+    http = apps["order"]
+    oid = _new_order(http, paid=True)
+    assert http.post(f"/orders/{oid}/refund").status_code == 200
+    second = http.post(f"/orders/{oid}/refund")
+    assert second.status_code == 409 and second.json()["detail"] == "Order already refunded"
+    db = http.app.state.ctx.db  # type: ignore[attr-defined]
+    assert db["order_events"].count_documents({"order_id": oid}) == 3
+    assert db["outbox"].count_documents({"aggregate_id": oid}) == 3
+
+
+# -- one client per process ------------------------------------------------------------------------------
+
+
+def test_200_requests_create_exactly_one_mongo_client(
+    svc_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    created: list[MongoClient[Document]] = []
+    real_init = MongoClient.__init__
+
+    def counting_init(self: MongoClient[Document], *args: Any, **kwargs: Any) -> None:
+        created.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(MongoClient, "__init__", counting_init)
+    with TestClient(product.create_app(svc_settings)) as http:
+        http.post("/products", json=[{"id": "many", "name": "Many", "price": "1.00", "stock": 1000}])
+        codes = [http.get("/products/many").status_code for _ in range(100)]
+        codes += [http.post("/products/many/purchase?quantity=1").status_code for _ in range(99)]
+        assert codes == [200] * 199
+        assert http.app.state.ctx.client is created[0]  # type: ignore[attr-defined]
+    assert len(created) == 1
+
+
+# -- a database per service ------------------------------------------------------------------------------
+
+
+class CommandLog(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        with self._lock:
+            self.commands.append((event.database_name, event.command_name))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+# Commands a driver sends to `admin` on its own (handshake, transactions, sessions, health).
+ADMIN_COMMANDS = {
+    "ping",
+    "hello",
+    "ismaster",
+    "isMaster",
+    "commitTransaction",
+    "abortTransaction",
+    "endSessions",
+}
+
+
+def test_no_service_touches_another_services_database(svc_settings: Settings) -> None:
+    s = svc_settings.model_copy(update={"service_db_prefix": unique("prodiso") + "_"})
+    logs = {name: CommandLog() for name in FACTORIES}
+    try:
+        for name, factory in FACTORIES.items():
+            with TestClient(factory(s, client_options={"event_listeners": [logs[name]]})) as http:
+                http.get("/health")
+                if name == "product":
+                    http.post("/products/seed?count=3&stock=5")
+                    http.get("/products/p-0001")
+                    http.post("/products/p-0001/purchase?quantity=1")
+                    http.post("/products/p-0001/purchase?quantity=100")
+                elif name == "order":
+                    oid = _new_order(http, paid=True)
+                    for step in ("ship", "deliver", "refund", "refund", "cancel"):
+                        http.post(f"/orders/{oid}/{step}")
+                    http.get(f"/orders/{oid}")
+                else:
+                    http.post("/pageviews", json={"user_id": "u", "url": "/"})
+                    http.post("/pageviews/batch", json=[{"user_id": "u", "url": "/a"}] * 3)
+        for name, log in logs.items():
+            own = service_database(s, name)
+            databases = {db for db, _ in log.commands}
+            assert own in databases, f"{name} should have written to {own}"
+            foreign = [
+                (db, cmd)
+                for db, cmd in log.commands
+                if db != own and not (db == "admin" and cmd in ADMIN_COMMANDS)
+            ]
+            assert foreign == [], f"{name} service touched other databases: {foreign}"
+    finally:
+        client: MongoClient[Document] = MongoClient(s.mongo_uri)
+        for name in SERVICE_DATABASES:
+            client.drop_database(service_database(s, name))
+        client.close()
+
+
+# -- snapshots: snapshot + tail == full replay, on the real store ----------------------------------------
+
+money = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("20.00"), places=2)
+lifecycles = st.lists(
+    st.one_of(
+        st.builds(ConfirmPayment),
+        st.builds(ShipOrder),
+        st.builds(DeliverOrder),
+        st.builds(CancelOrder),
+        st.builds(RefundOrder, amount=money),
+        st.builds(RefundOrder),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@pytest.fixture(scope="module")
+def store_factory(svc_settings: Settings) -> Iterator[Callable[[int], OrderStore]]:
+    client = mongo_client(svc_settings)
+    db = unique("prodsnap_order_service")
+    writer = OutboxWriter(client, db)
+
+    def make(interval: int) -> OrderStore:
+        store = OrderStore(writer, snapshot_interval=interval)
+        store.ensure_indexes()
+        return store
+
+    yield make
+    client.drop_database(db)
+    client.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lifecycle=lifecycles, interval=st.integers(min_value=1, max_value=4))
+def test_state_from_snapshot_and_tail_equals_full_replay(
+    store_factory: Callable[[int], OrderStore], lifecycle: list[Command], interval: int
+) -> None:
+    store = store_factory(interval)
+    oid = str(uuid.uuid4())
+    items = [OrderItem(product_id="p-1", quantity=5, unit_price=Decimal("10.00"))]
+    store.execute(oid, CreateOrder(customer_id="c-1", items=items))
+    for command in lifecycle:
+        with contextlib.suppress(TransitionError):
+            store.execute(oid, command)
+    replayed = store.replay(oid)
+    assert store.load(oid) == replayed
+    snapshot = store.snapshots.find_one({"_id": oid})
+    expected_snapshot = (replayed.version // interval) * interval
+    assert (snapshot["version"] if snapshot else 0) == expected_snapshot
+    assert store.events.count_documents({"order_id": oid}) == replayed.version
+    assert store.writer.outbox.count_documents({"aggregate_id": oid}) == replayed.version
+
+
+# -- the load generator ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def served(svc_settings: Settings) -> Iterator[Targets]:
+    s = svc_settings.model_copy(update={"service_db_prefix": unique("prodload") + "_"})
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    urls: dict[str, str] = {}
+    for name, factory in FACTORIES.items():
+        port = _free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                factory(s), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+            )
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        urls[name] = f"http://127.0.0.1:{port}"
+    try:
+        for server, _ in servers:
+            wait_for(lambda server=server: server.started, timeout=30, what="uvicorn start")  # type: ignore[misc]
+        yield Targets(product=urls["product"], order=urls["order"], clickstream=urls["clickstream"])
+    finally:
+        for server, thread in servers:
+            server.should_exit = True
+            thread.join(timeout=10)
+        client: MongoClient[Document] = MongoClient(s.mongo_uri)
+        for name in SERVICE_DATABASES:
+            client.drop_database(service_database(s, name))
+        client.close()
+
+
+def test_load_generates_the_whole_lifecycle_at_about_the_target_rate(served: Targets) -> None:
+    mix = Mix(buy=0.6, cancel=0.1, refund=0.5, step_delay=0.05, products=5)
+    report = run_load(served, rate=40, duration=4, seed=7, workers=16, mix=mix)
+    print(report.render())
+    assert report.failed == 0, report.failures
+    for action in ("pageview", "purchase", "create", "pay", "ship", "deliver"):
+        assert report.requests[action] > 0, f"no {action} in {dict(report.requests)}"
+    achieved = report.as_dict()["achieved_request_rate"]
+    assert achieved >= 40 * 0.7, report.render()

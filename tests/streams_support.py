@@ -30,6 +30,7 @@ from cdc.schemas import (
     payload_json,
 )
 from cdc.settings import Settings
+from sinks.order_view import OrderRow
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -196,3 +197,19 @@ def caught_up(settings: Settings, group: str, topic: str, partitions: int) -> bo
     ends = end_offsets(settings, topic, partitions)
     done = committed_offsets(settings, group, topic, partitions)
     return all(done.get(p, -1) >= end for p, end in ends.items() if end > 0)
+
+
+def expected_graph(rows: dict[str, OrderRow]) -> list[dict[str, Any]]:
+    """The purchase graph snapshot that the folded order rows imply."""
+    out = []
+    for row in rows.values():
+        for product_id, quantity, unit_price in row.items:
+            refunded = "0" if row.refunded_amount == 0 else f"{row.refunded_amount:.2f}"
+            out.append({
+                "customer_id": row.customer_id, "product_id": product_id, "order_id": row.order_id,
+                "quantity": quantity, "unit_price": str(unit_price), "order_total": str(row.total),
+                "status": row.status, "active": row.status not in ("cancelled", "refunded"),
+                "refunded_amount": refunded, "version": row.version,
+                "purchased_at": row.created_at.isoformat() if row.created_at else None,
+            })
+    return sorted(out, key=lambda r: (r["order_id"], r["product_id"]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given
@@ -15,10 +14,10 @@ from hypothesis import strategies as st
 from cdc.event import Event
 from cdc.settings import Settings
 from sinks.clickstream import ClickstreamSink, page_view_of
-from sinks.order_view import OrderRow, OrderViewSink, fold_orders
+from sinks.order_view import OrderViewSink, fold_orders
 from sinks.purchase_graph import PurchaseGraphSink
 from tests.helpers import unique
-from tests.streams_support import order_lifecycle, page_view
+from tests.streams_support import expected_graph, order_lifecycle, page_view
 
 pytestmark = pytest.mark.integration
 
@@ -102,21 +101,6 @@ def test_order_view_equals_the_fold_of_each_orders_events(order_view: OrderViewS
     expected = fold_orders([e for events in per_order for e in events])
     for order_id, row in expected.items():
         assert order_view.get(order_id) == row
-
-
-def expected_graph(rows: dict[str, OrderRow]) -> list[dict[str, Any]]:
-    out = []
-    for row in rows.values():
-        for product_id, quantity, unit_price in row.items:
-            refunded = "0" if row.refunded_amount == 0 else f"{row.refunded_amount:.2f}"
-            out.append({
-                "customer_id": row.customer_id, "product_id": product_id, "order_id": row.order_id,
-                "quantity": quantity, "unit_price": str(unit_price), "order_total": str(row.total),
-                "status": row.status, "active": row.status not in ("cancelled", "refunded"),
-                "refunded_amount": refunded, "version": row.version,
-                "purchased_at": row.created_at.isoformat() if row.created_at else None,
-            })
-    return sorted(out, key=lambda r: (r["order_id"], r["product_id"]))
 
 
 @PROPERTY

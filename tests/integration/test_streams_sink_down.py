@@ -82,6 +82,7 @@ def outage(
         assert worker.alive()
     finally:
         worker.stop()
+        server.ensure_running()  # before the sink cleanup below, whatever happened (restart_after also does)
 
 
 def test_postgres_down_then_worker_killed_loses_nothing(

@@ -175,6 +175,8 @@ class PurchaseGraphSink(Sink):
             with self._session() as session:
                 for name, text in self._constraint_names():
                     session.run(self._q(text.replace("{name}", f"`{name}`"))).consume()
+                # Indexes fill in the background: until online, MATCH by order_id scans every relationship.
+                session.run("CALL db.awaitIndexes(60)").consume()
         except Exception as exc:
             raise self._fail(exc) from exc
 

@@ -40,11 +40,16 @@ def _root(
 
 
 @app.command()
-def demo(ctx: typer.Context) -> None:
-    """Install and start the local servers, then a smoke round trip through each."""
+def demo(
+    ctx: typer.Context,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of traffic.")] = 30.0,
+    rate: Annotated[float, typer.Option(min=1, help="Requests per second against the services.")] = 40.0,
+    keep_servers: Annotated[bool, typer.Option(help="Leave the local servers running at the end.")] = False,
+) -> None:
+    """Everything end to end on the local servers: services, tailer, workers, traffic, then the read models."""
     from infra.demo import run_demo
 
-    run_demo(ctx.obj)
+    run_demo(ctx.obj, duration=duration, rate=rate, keep_servers=keep_servers)
 
 
 def main() -> None:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdc.event import Event  # noqa: E402
-from cdc.logs import configure_logging  # noqa: E402
-from cdc.settings import load_settings  # noqa: E402
-from sinks.registry import build_sink  # noqa: E402
-from tests.helpers import unique  # noqa: E402
-from tests.streams_support import order_lifecycle, page_view, stock_events  # noqa: E402
+from cdc.event import Event
+from cdc.logs import configure_logging
+from cdc.settings import load_settings
+from sinks.registry import build_sink
+from tests.helpers import unique
+from tests.streams_support import order_lifecycle, page_view, stock_events
 
 KINDS = [["paid", "shipped", "delivered"], ["cancelled"], ["paid", "refunded"], ["paid"]]
 

@@ -24,6 +24,7 @@ app.add_typer(infra_app, name="infra")
 
 # Each package registers its own commands (keep one line per package, in this block).
 # -- commands --
+from cdc.tail_cli import register as _tail; _tail(app)  # noqa: E402, E702, I001
 from streams.cli import register as _streams; _streams(app)  # noqa: E402, E702, I001
 from producers.cli import register as _producers; _producers(app)  # noqa: E402, E702, I001
 # -- end commands --

@@ -1,0 +1,201 @@
+"""The Kafka side of the tailer: an idempotent producer and delivery tracking.
+
+Every event goes to its topic with key = aggregate_id, so one aggregate's events share a partition. The
+producer is idempotent with acks=all and no delivery timeout (`message.timeout.ms=0`): while the broker is
+away, librdkafka retries in order instead of failing a message and letting a later one of the same aggregate
+overtake it. A delivery error that still happens (a fatal producer error, a message too large) fails the
+tailer's session, which re-sends everything after the last checkpoint, in order, with a fresh producer.
+
+`InFlight` tracks sent events in read order; the checkpoint may only advance over its acknowledged prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from cdc.errors import CdcError
+from cdc.event import Event
+from cdc.kafka import ensure_topics, producer_config
+from cdc.logs import get_logger
+from cdc.settings import Settings
+
+Document = dict[str, Any]
+
+
+class DeliveryError(CdcError):
+    """Kafka refused an event for good; the session restarts from the last checkpoint."""
+
+
+@dataclass
+class Sent:
+    """One event handed to the producer: its resume token, and whether Kafka acknowledged it."""
+
+    event_id: str
+    token: Mapping[str, Any] | None
+    committed_at: datetime | None
+    acked: bool = False
+    ack_time: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class InFlight:
+    """Sent events in stream order; `take_acked_prefix()` yields what may be checkpointed."""
+
+    entries: deque[Sent] = field(default_factory=deque)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    acked_count: int = 0
+    failed: str | None = None
+
+    def add(self, entry: Sent) -> None:
+        with self.lock:
+            self.entries.append(entry)
+
+    def ack(self, entry: Sent, error: str | None, when: float) -> None:
+        with self.lock:
+            entry.acked = error is None
+            entry.error = error
+            entry.ack_time = when
+            if error is None:
+                self.acked_count += 1
+            elif self.failed is None:
+                self.failed = error
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.entries)
+
+    def take_acked_prefix(self) -> list[Sent]:
+        """Remove and return the longest prefix of acknowledged events (never past an unacknowledged one)."""
+        out: list[Sent] = []
+        with self.lock:
+            while self.entries and self.entries[0].acked:
+                out.append(self.entries.popleft())
+        return out
+
+
+AckHook = Callable[[Sent], None]
+
+
+class Publisher:
+    """An idempotent, batching producer with a background thread serving delivery reports."""
+
+    def __init__(self, settings: Settings, *, source: str = "", **overrides: Any) -> None:
+        self.settings = settings
+        config = producer_config(
+            settings,
+            **{
+                "message.timeout.ms": 0,  # infinite: retry in order while the broker is away
+                "linger.ms": settings.tailer_linger_ms,
+                "queue.buffering.max.messages": max(100000, settings.tailer_max_in_flight * 2),
+                "queue.buffering.max.kbytes": 1048576,
+                "reconnect.backoff.max.ms": 1000,
+                "error_cb": self._on_error,
+                **overrides,
+            },
+        )
+        self._producer = Producer(config)
+        self._topics: set[str] = set()
+        self._fatal: str | None = None
+        self._stop = threading.Event()
+        self._log = get_logger("cdc.publisher", source=source)
+        self._poller = threading.Thread(target=self._poll_loop, name=f"kafka-poll-{source}", daemon=True)
+        self._poller.start()
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err.str()
+            self._log.error("fatal producer error", error=err.str())
+        elif err.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            self._log.warning("producer error", error=err.str())
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    @property
+    def fatal(self) -> str | None:
+        return self._fatal
+
+    def ensure_topic(self, topic: str) -> None:
+        """Create `topic` with the configured partitions if it does not exist (once per process)."""
+        if topic in self._topics:
+            return
+        ensure_topics(self.settings, [topic], partitions=self.settings.kafka_partitions)
+        self._topics.add(topic)
+
+    def send(
+        self,
+        event: Event,
+        entry: Sent,
+        inflight: InFlight,
+        on_ack: AckHook | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Hand `event` to the producer; blocks while its queue is full. False if told to stop meanwhile."""
+        return self.produce(
+            event.topic, event.to_json(), event.kafka_key(), event.kafka_headers(), entry, inflight,
+            on_ack, should_stop,
+        )
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        entry: Sent,
+        inflight: InFlight,
+        on_ack: AckHook | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Send one record tracked by `entry` in `inflight` (also used for dead letters)."""
+        self.ensure_topic(topic)
+        inflight.add(entry)
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            inflight.ack(entry, None if err is None else err.str(), time.time())
+            if err is not None:
+                get_logger("cdc.publisher", event_id=entry.event_id, topic=topic).error(
+                    "delivery failed", error=err.str()
+                )
+            elif on_ack is not None:
+                on_ack(entry)
+
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, headers=list(headers), on_delivery=delivered
+                )
+                return True
+            except BufferError:
+                if should_stop():
+                    inflight.ack(entry, "not sent: stopping", time.time())
+                    return False
+                time.sleep(0.01)
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to `timeout` for every acknowledgement; returns how many are still outstanding."""
+        return int(self._producer.flush(timeout))
+
+    def outstanding(self) -> int:
+        return len(self._producer)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush what can be flushed within `timeout`, drop the rest (it is re-sent from the checkpoint)."""
+        with contextlib.suppress(Exception):
+            self._producer.flush(timeout)
+        with contextlib.suppress(Exception):
+            self._producer.purge()
+            self._producer.flush(0)
+        self._stop.set()
+        self._poller.join(timeout=2)

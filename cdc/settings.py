@@ -128,6 +128,17 @@ class Settings(BaseSettings):
     order_port: int = 8102
     clickstream_port: int = 8103
 
+    # usage
+    # `cdcflow serve read-api`: default port of the HTTP read API (host: services_host).
+    read_api_port: int = Field(default=8104, ge=1, le=65535)
+    # `cdcflow status` exits 1 beyond these: consumer lag (events, per read model), unpublished outbox
+    # backlog (events, per outbox) and the age of an outbox's oldest unpublished event (seconds).
+    status_max_lag: int = Field(default=1000, ge=0)
+    status_max_backlog: int = Field(default=1000, ge=0)
+    status_max_backlog_age_seconds: float = Field(default=60.0, gt=0)
+    # Per-call deadline (seconds) of the Kafka and MongoDB requests `status` makes.
+    status_timeout_seconds: float = Field(default=10.0, gt=0)
+
     @property
     def mongo_uri(self) -> str:
         """The MongoDB connection string in force."""

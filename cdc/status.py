@@ -1,0 +1,357 @@
+"""`cdcflow status`: is the pipeline keeping up? Gathered from the stores themselves, no agent needed.
+
+- per outbox (the three service databases, with the producers' `service_db_prefix`): unpublished events and
+  the age of the oldest one;
+- per outbox, the tailer: the leader holding the lease (and whether the lease is still live) and the age of
+  the checkpoint (an idle outbox still checkpoints every `tailer_heartbeat_seconds`);
+- per read model: consumer lag of its consumer group (committed offset vs high watermark, every partition);
+  a group that never committed counts everything retained as lag;
+- per `<topic>.dlq`: dead letters held, and how many were not replayed yet.
+
+`verdict()` turns that into problems (exit code 1: lag or backlog over the `status_*` thresholds, or a part
+that could not be read) and warnings (reported, exit code 0: no tailer leader, a stale checkpoint, dead letters).
+Gathering is I/O; the verdict and the formatting are pure functions (unit-tested).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from cdc.kafka import kafka_config
+from cdc.logs import get_logger
+from cdc.mongo import mongo_client
+from cdc.outbox import backlog
+from cdc.schemas import TOPICS, dlq_topic
+from cdc.settings import Settings
+
+log = get_logger(__name__)
+
+Document = dict[str, Any]
+
+
+# -- the report -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    """One service's outbox and the tailer that forwards it."""
+
+    service: str
+    database: str
+    backlog: int | None = None  # unpublished events
+    oldest_age_seconds: float | None = None  # age of the oldest unpublished event
+    leader: str | None = None  # owner of the lease
+    lease_live: bool = False  # the lease has not expired
+    checkpoint_age_seconds: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LagStatus:
+    """Consumer lag of one read model's consumer group on its topic."""
+
+    read_model: str
+    group: str
+    topic: str
+    lag: int | None = None
+    partitions: dict[int, int] = field(default_factory=dict)  # partition -> lag
+    committed: bool = False  # the group has committed offsets on this topic
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetterStatus:
+    """Dead letters held on one `<topic>.dlq` (retention permitting) and those not replayed yet."""
+
+    topic: str
+    total: int = 0
+    unreplayed: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_lag: int
+    max_backlog: int
+    max_backlog_age_seconds: float
+    #: A checkpoint older than this (while the outbox has a backlog, or always: warning only) looks stuck.
+    stale_checkpoint_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Thresholds:
+        return cls(
+            max_lag=settings.status_max_lag,
+            max_backlog=settings.status_max_backlog,
+            max_backlog_age_seconds=settings.status_max_backlog_age_seconds,
+            stale_checkpoint_seconds=max(3 * settings.tailer_heartbeat_seconds, 30.0),
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    outboxes: list[OutboxStatus]
+    read_models: list[LagStatus]
+    dead_letters: list[DeadLetterStatus]
+    thresholds: Thresholds
+    problems: list[str]
+    warnings: list[str]
+    gathered_at: datetime
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["gathered_at"] = self.gathered_at.isoformat()
+        for rm in data["read_models"]:
+            rm["partitions"] = {str(p): n for p, n in rm["partitions"].items()}
+        return data
+
+
+# -- verdict (pure) ---------------------------------------------------------------------------------------
+
+
+def verdict(
+    outboxes: Sequence[OutboxStatus],
+    read_models: Sequence[LagStatus],
+    dead_letters: Sequence[DeadLetterStatus],
+    thresholds: Thresholds,
+) -> tuple[list[str], list[str]]:
+    """(problems, warnings): problems make `status` exit 1."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    for o in outboxes:
+        if o.error:
+            problems.append(f"outbox {o.database}: cannot read it: {o.error}")
+            continue
+        if o.backlog is not None and o.backlog > thresholds.max_backlog:
+            problems.append(f"outbox {o.database}: {o.backlog} unpublished events (max {thresholds.max_backlog})")
+        if o.oldest_age_seconds is not None and o.oldest_age_seconds > thresholds.max_backlog_age_seconds:
+            problems.append(
+                f"outbox {o.database}: oldest unpublished event is {_age(o.oldest_age_seconds)} old "
+                f"(max {_age(thresholds.max_backlog_age_seconds)})"
+            )
+        if not o.lease_live:
+            warnings.append(f"outbox {o.database}: no live tailer lease (is `cdcflow tail` running?)")
+        elif o.checkpoint_age_seconds is not None and o.checkpoint_age_seconds > thresholds.stale_checkpoint_seconds:
+            warnings.append(f"outbox {o.database}: checkpoint is {_age(o.checkpoint_age_seconds)} old")
+    for rm in read_models:
+        if rm.error:
+            problems.append(f"read model {rm.read_model}: cannot read lag of {rm.group}: {rm.error}")
+        elif rm.lag is not None and rm.lag > thresholds.max_lag:
+            problems.append(
+                f"read model {rm.read_model}: lag {rm.lag} on {rm.topic} (max {thresholds.max_lag})"
+            )
+    for d in dead_letters:
+        if d.error:
+            warnings.append(f"{d.topic}: cannot read it: {d.error}")
+        elif d.unreplayed:
+            warnings.append(f"{d.topic}: {d.unreplayed} dead letters not replayed (`cdcflow dlq list`)")
+    return problems, warnings
+
+
+def _age(seconds: float) -> str:
+    """A short human age: 42s, 3m05s, 2h10m, 3d4h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+format_age = _age
+
+
+# -- gathering (I/O) --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LagTarget:
+    """A consumer group whose lag on `topic` to report, under the name `read_model`."""
+
+    read_model: str
+    group: str
+    topic: str
+
+
+def service_databases(settings: Settings) -> dict[str, str]:
+    """service -> database, named exactly as the producers name them (with `service_db_prefix`)."""
+    from producers.app import SERVICE_DATABASES, service_database
+
+    return {svc: service_database(settings, svc) for svc in SERVICE_DATABASES}
+
+
+def default_lag_targets() -> list[LagTarget]:
+    from sinks.registry import READ_MODELS
+
+    return [LagTarget(rm.name, rm.consumer_group(), rm.topic) for rm in READ_MODELS.values()]
+
+
+def outbox_status(
+    client: MongoClient[Document], settings: Settings, service: str, database: str, now: datetime
+) -> OutboxStatus:
+    """Backlog of one outbox, with its tailer lease and checkpoint (3 light queries + 1 count)."""
+    key = f"{database}.{settings.tailer_collection}"
+    try:
+        count, oldest = backlog(client[database][settings.tailer_collection])
+        state = client[settings.tailer_state_database]
+        lease = state["leases"].find_one({"_id": key}, projection={"owner": 1, "expires_at": 1})
+        checkpoint = state["checkpoints"].find_one({"_id": key}, projection={"updated_at": 1})
+    except PyMongoError as exc:
+        return OutboxStatus(service, database, error=_short(exc))
+    expires = _aware(lease.get("expires_at")) if lease else None
+    updated = _aware(checkpoint.get("updated_at")) if checkpoint else None
+    oldest_at = _aware(oldest)
+    return OutboxStatus(
+        service=service,
+        database=database,
+        backlog=count,
+        oldest_age_seconds=max(0.0, (now - oldest_at).total_seconds()) if oldest_at else None,
+        leader=str(lease["owner"]) if lease and lease.get("owner") else None,
+        lease_live=expires is not None and expires > now,
+        checkpoint_age_seconds=max(0.0, (now - updated).total_seconds()) if updated else None,
+    )
+
+
+def _consumer(settings: Settings, group: str) -> Consumer:
+    # Never subscribes nor commits: reading committed offsets does not join (or disturb) the group.
+    return Consumer(kafka_config(settings, **{"group.id": group, "enable.auto.commit": False}))
+
+
+def _offsets(
+    consumer: Consumer, topic: str, timeout: float
+) -> tuple[dict[int, tuple[int, int]], dict[int, int]] | None:
+    """({partition: (low, high)}, {partition: committed}) of `topic`; None when the topic does not exist."""
+    meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        return None
+    partitions = sorted(meta.partitions)
+    marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in partitions}
+    committed = {
+        tp.partition: tp.offset
+        for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
+        if tp.offset >= 0
+    }
+    return {p: (int(lo), int(hi)) for p, (lo, hi) in marks.items()}, committed
+
+
+def lag_of(marks: dict[int, tuple[int, int]], committed: dict[int, int]) -> dict[int, int]:
+    """Per-partition lag: high watermark minus the committed offset (the low watermark when none, or when
+    retention deleted past it)."""
+    return {p: max(0, hi - max(committed.get(p, lo), lo)) for p, (lo, hi) in marks.items()}
+
+
+def lag_status(settings: Settings, target: LagTarget, timeout: float) -> LagStatus:
+    consumer = _consumer(settings, target.group)
+    try:
+        found = _offsets(consumer, target.topic, timeout)
+    except Exception as exc:
+        return LagStatus(target.read_model, target.group, target.topic, error=_short(exc))
+    finally:
+        consumer.close()
+    if found is None:
+        return LagStatus(target.read_model, target.group, target.topic, lag=0, error=None)
+    marks, committed = found
+    per = lag_of(marks, committed)
+    return LagStatus(
+        target.read_model, target.group, target.topic, lag=sum(per.values()), partitions=per,
+        committed=bool(committed),
+    )
+
+
+def dead_letter_status(settings: Settings, topic: str, timeout: float) -> DeadLetterStatus:
+    from streams.dlq import replay_group
+
+    consumer = _consumer(settings, replay_group(topic))
+    try:
+        found = _offsets(consumer, topic, timeout)
+    except Exception as exc:
+        return DeadLetterStatus(topic, error=_short(exc))
+    finally:
+        consumer.close()
+    if found is None:
+        return DeadLetterStatus(topic)
+    marks, committed = found
+    total = sum(hi - lo for lo, hi in marks.values())
+    return DeadLetterStatus(topic, total=total, unreplayed=sum(lag_of(marks, committed).values()))
+
+
+def gather_status(
+    settings: Settings,
+    *,
+    databases: dict[str, str] | None = None,
+    lag_targets: Iterable[LagTarget] | None = None,
+    dlq_topics: Iterable[str] | None = None,
+    client: MongoClient[Document] | None = None,
+) -> Status:
+    """The whole status (defaults: the three service outboxes, every read model, every `<topic>.dlq`)."""
+    started = time.monotonic()
+    timeout = settings.status_timeout_seconds
+    now = datetime.now(UTC)
+    dbs = databases if databases is not None else service_databases(settings)
+    own = client is None
+    mongo = client or mongo_client(
+        settings, appname="cdcflow-status", serverSelectionTimeoutMS=int(timeout * 1000),
+        socketTimeoutMS=int(timeout * 1000),
+    )
+    try:
+        outboxes = [outbox_status(mongo, settings, svc, db, now) for svc, db in dbs.items()]
+    finally:
+        if own:
+            mongo.close()
+    targets = list(lag_targets) if lag_targets is not None else default_lag_targets()
+    lags = [lag_status(settings, t, timeout) for t in targets]
+    topics = list(dlq_topics) if dlq_topics is not None else [dlq_topic(t) for t in TOPICS]
+    letters = [dead_letter_status(settings, t, timeout) for t in topics]
+    thresholds = Thresholds.from_settings(settings)
+    problems, warnings = verdict(outboxes, lags, letters, thresholds)
+    log.debug("status_gathered", seconds=round(time.monotonic() - started, 3), problems=len(problems))
+    return Status(outboxes, lags, letters, thresholds, problems, warnings, now)
+
+
+def _aware(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).split("\n")[0].split(", Timeout:")[0][:200] or type(exc).__name__
+
+
+# -- rendering (pure) -------------------------------------------------------------------------------------
+
+
+def render_lines(status: Status) -> list[str]:
+    """A plain-text rendering (tests, logs); the CLI draws rich tables from the same data."""
+    lines = []
+    for o in status.outboxes:
+        if o.error:
+            lines.append(f"outbox {o.database}: ERROR {o.error}")
+            continue
+        age = "-" if o.oldest_age_seconds is None else _age(o.oldest_age_seconds)
+        ckpt = "-" if o.checkpoint_age_seconds is None else _age(o.checkpoint_age_seconds)
+        leader = (o.leader or "-") + ("" if o.lease_live else " (expired)" if o.leader else "")
+        lines.append(f"outbox {o.database}: backlog {o.backlog} oldest {age} leader {leader} checkpoint {ckpt}")
+    for rm in status.read_models:
+        lag = "ERROR " + rm.error if rm.error else str(rm.lag)
+        lines.append(f"read model {rm.read_model} ({rm.group} on {rm.topic}): lag {lag}")
+    for d in status.dead_letters:
+        lines.append(f"{d.topic}: {d.total} dead letters, {d.unreplayed} not replayed")
+    lines.extend(f"PROBLEM: {p}" for p in status.problems)
+    lines.extend(f"warning: {w}" for w in status.warnings)
+    lines.append("status: OK" if status.ok else "status: FAILING")
+    return lines

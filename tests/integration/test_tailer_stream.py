@@ -1,0 +1,151 @@
+"""The tailer on the shared servers: catch-up then stream, checkpoints, heartbeat, SIGTERM, dead letters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from cdc.mongo import mongo_client
+from cdc.outbox import Document
+from cdc.settings import Settings
+from cdc.tailer import Tailer
+from infra.servers.base import Server
+from tests.helpers import unique, wait_for
+from tests.integration.test_tailer_support import (
+    TopicReader,
+    assert_per_aggregate_order,
+    insert_events,
+    make_events,
+    spawn_tailer,
+    terminate,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(settings: Settings, mongo: Server, kafka: Server) -> Iterator[MongoClient[Document]]:
+    c = mongo_client(settings)
+    yield c
+    c.close()
+
+
+def _checkpoint(client: MongoClient[Document], settings: Settings, db: str) -> Document | None:
+    return client[settings.tailer_state_database]["checkpoints"].find_one({"_id": f"{db}.outbox"})
+
+
+def test_backlog_then_stream_then_resume(settings: Settings, client: MongoClient[Document]) -> None:
+    db_a, db_b, topic = unique("tail_a"), unique("tail_b"), unique("tail_topic")
+    before = make_events(topic, aggregates=20, per_aggregate=10)
+    insert_events(client[db_a].outbox, before)
+    reader = TopicReader(settings, topic)
+    try:
+        tailer = Tailer(settings, [db_a, db_b], client=client).start()
+        during_a = make_events(topic, aggregates=10, per_aggregate=10)
+        during_b = make_events(topic, aggregates=10, per_aggregate=10)
+        insert_events(client[db_a].outbox, during_a, batch=7)
+        insert_events(client[db_b].outbox, during_b, batch=13)
+        reader.wait_for({d["_id"] for d in before + during_a + during_b}, timeout=60)
+        assert tailer.stop(30), "tailer did not stop cleanly"
+        assert tailer.outboxes[0].catchups == 1  # no checkpoint: the backlog came from the catch-up scan
+
+        # Everything acknowledged is marked published, and the checkpoint moved past it.
+        for db in (db_a, db_b):
+            assert client[db].outbox.count_documents({"published": False}) == 0
+            assert client[db].outbox.count_documents({"published_at": None}) == 0
+            assert (_checkpoint(client, settings, db) or {}).get("token")
+
+        # Written while no tailer runs: the next one resumes from the checkpoint (no catch-up scan).
+        after = make_events(topic, aggregates=5, per_aggregate=4)
+        insert_events(client[db_a].outbox, after)
+        tailer = Tailer(settings, [db_a, db_b], client=client).start()
+        reader.wait_for({d["_id"] for d in after}, timeout=60)
+        assert tailer.stop(30)
+        assert tailer.outboxes[0].catchups == 0 and tailer.outboxes[0].forwarded == len(after)
+
+        reader.poll(1.0)
+        assert_per_aggregate_order(reader.records)
+        # Key, headers and value as the design says.
+        rec = next(r for r in reader.records if r.event_id == before[0]["_id"])
+        assert rec.key == before[0]["aggregate_id"]
+        assert rec.headers["event_id"] == before[0]["_id"].encode()
+        assert rec.headers["type"] == b"OrderShipped" and rec.headers["version"] == b"1"
+        assert rec.headers["trace_id"] == before[0]["headers"]["trace_id"].encode()
+        # At-least-once, but a clean run sends nothing twice.
+        assert len(reader.records) == len(reader.ids)
+    finally:
+        reader.close()
+        for db in (db_a, db_b):
+            client.drop_database(db)
+
+
+def test_idle_outbox_checkpoints_on_heartbeat(settings: Settings, client: MongoClient[Document]) -> None:
+    db, other = unique("tail_idle"), unique("tail_busy")
+    fast = settings.model_copy(update={"tailer_heartbeat_seconds": 0.5})
+    client[db].outbox.insert_one({"_id": "not-an-event-but-creates-the-collection", "published": True})
+    tailer = Tailer(fast, [db], client=client).start()
+    try:
+        first = wait_for(lambda: (_checkpoint(client, settings, db) or {}).get("token"), 30, what="first checkpoint")
+        # Other databases write (and the server's no-op heartbeat ticks): the idle outbox's token must move on.
+        for i in range(5):
+            client[other].coll.insert_one({"i": i})
+        wait_for(lambda: (_checkpoint(client, settings, db) or {}).get("token") != first, 30,
+                 what="post-batch resume token checkpointed on the heartbeat")
+    finally:
+        assert tailer.stop(30)
+        client.drop_database(db)
+        client.drop_database(other)
+
+
+def test_invalid_document_goes_to_dead_letter_topic(settings: Settings, client: MongoClient[Document]) -> None:
+    db, topic = unique("tail_dlq"), unique("tail_topic")
+    good = make_events(topic, aggregates=1, per_aggregate=3)
+    bad = {**good[1], "_id": "not-a-uuid", "published": False}
+    reader, dlq = TopicReader(settings, topic), TopicReader(settings, f"{topic}.dlq")
+    tailer = Tailer(settings, [db], client=client).start()
+    try:
+        insert_events(client[db].outbox, [good[0], bad, good[1], good[2]], batch=1)
+        reader.wait_for({d["_id"] for d in good}, timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msgs = dlq.consumer.consume(10, timeout=0.5)
+            if msgs and not msgs[0].error():
+                headers = dict(msgs[0].headers() or [])
+                assert headers["event_id"] == b"not-a-uuid" and b"event_id" in headers["error"]
+                break
+        else:
+            pytest.fail("dead letter not on the .dlq topic")
+    finally:
+        assert tailer.stop(30)
+        reader.close()
+        dlq.close()
+        client.drop_database(db)
+
+
+def test_sigterm_flushes_checkpoints_and_exits_zero(
+    settings: Settings, client: MongoClient[Document], tmp_path: Path
+) -> None:
+    db, topic = unique("tail_term"), unique("tail_topic")
+    docs = make_events(topic, aggregates=10, per_aggregate=50)
+    reader = TopicReader(settings, topic)
+    proc = spawn_tailer(settings, [db], tmp_path / "tail.log")
+    try:
+        insert_events(client[db].outbox, docs, batch=50)
+        wait_for(lambda: client[db].outbox.count_documents({"published": True}) > 0, 60, what="first events")
+        assert terminate(proc) == 0, (tmp_path / "tail.log").read_text()[-2000:]
+        # After a clean stop, what was sent is checkpointed: a restart does not need a catch-up scan.
+        proc = spawn_tailer(settings, [db], tmp_path / "tail.log")
+        reader.wait_for({d["_id"] for d in docs}, timeout=60)
+        assert terminate(proc) == 0
+        log = (tmp_path / "tail.log").read_text()
+        assert log.count("catch-up scan done") == 1, log[-3000:]
+        assert_per_aggregate_order(reader.records)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.close()
+        client.drop_database(db)

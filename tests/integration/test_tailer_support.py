@@ -1,0 +1,189 @@
+"""Shared helpers of the tailer integration tests (no tests here): events, a verifying consumer, subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from pymongo.collection import Collection
+
+from cdc.event import Event, utcnow
+from cdc.kafka import ensure_topics
+from cdc.outbox import outbox_document
+from cdc.settings import Settings
+
+Document = dict[str, Any]
+
+
+def make_events(topic: str, aggregates: int, per_aggregate: int) -> list[Document]:
+    """Outbox documents for `aggregates` aggregates with versions 1..per_aggregate, interleaved round-robin
+    (creation order = version order within each aggregate)."""
+    run = uuid.uuid4().hex[:6]
+    base = utcnow()
+    docs: list[Document] = []
+    tick = 0
+    for version in range(1, per_aggregate + 1):
+        for a in range(aggregates):
+            tick += 1
+            event = Event.create(
+                topic=topic, aggregate_type="Order", aggregate_id=f"agg-{run}-{a}", type="OrderShipped",
+                version=version, payload={"n": tick}, source_service="test",
+                occurred_at=base + timedelta(milliseconds=tick),
+            )
+            docs.append(outbox_document(event))
+    return docs
+
+
+def insert_events(outbox: Collection[Document], docs: list[Document], batch: int = 200,
+                  pause: float = 0.0, transactional: bool = True) -> None:
+    """Insert in commit batches (one transaction each), in creation order."""
+    client = outbox.database.client
+    for i in range(0, len(docs), batch):
+        chunk = docs[i : i + batch]
+        if transactional:
+            with client.start_session() as session, session.start_transaction():
+                outbox.insert_many(chunk, session=session)
+        else:
+            outbox.insert_many(chunk)
+        if pause:
+            time.sleep(pause)
+
+
+class Writer(threading.Thread):
+    """Inserts events in the background (a service writing its outbox while the test breaks things)."""
+
+    def __init__(self, outbox: Collection[Document], docs: list[Document], batch: int = 100,
+                 pause: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.outbox, self.docs, self.batch, self.pause = outbox, docs, batch, pause
+        self.error: BaseException | None = None
+        self.written = 0
+
+    def run(self) -> None:
+        try:
+            for i in range(0, len(self.docs), self.batch):
+                insert_events(self.outbox, self.docs[i : i + self.batch], batch=self.batch)
+                self.written = min(len(self.docs), i + self.batch)
+                if self.pause:
+                    time.sleep(self.pause)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+@dataclass
+class Record:
+    partition: int
+    offset: int
+    key: str
+    event_id: str
+    version: int | None
+    headers: dict[str, bytes]
+
+
+class TopicReader:
+    """Reads a topic from the beginning, accumulating records across calls."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        ensure_topics(settings, [topic])
+        self.topic = topic
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"verify-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        })
+        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        self.records: list[Record] = []
+        self.ids: set[str] = set()
+
+    def poll(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for msg in self.consumer.consume(1000, timeout=0.2):
+                if msg.error():
+                    continue
+                headers = dict(msg.headers() or [])
+                event = Event.from_json(msg.value())
+                self.records.append(Record(msg.partition(), msg.offset(), msg.key().decode(), event.event_id,
+                                           event.version, headers))
+                self.ids.add(event.event_id)
+
+    def wait_for(self, expected: set[str], timeout: float) -> None:
+        """Until every expected id was read; fails at the deadline with how many are missing."""
+        deadline = time.monotonic() + timeout
+        while not expected <= self.ids:
+            if time.monotonic() > deadline:
+                missing = expected - self.ids
+                raise AssertionError(f"{len(missing)} of {len(expected)} events missing on Kafka after "
+                                     f"{timeout:.0f}s, e.g. {sorted(missing)[:3]}")
+            self.poll(0.5)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def assert_per_aggregate_order(records: list[Record]) -> None:
+    """Within each aggregate (one partition, by key), versions first appear in increasing order; duplicates
+    (at-least-once) may repeat a suffix but never let a later version arrive before an earlier one."""
+    by_key: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_key[r.key].append(r)
+    for key, recs in by_key.items():
+        assert len({r.partition for r in recs}) == 1, f"aggregate {key} spread over partitions"
+        recs.sort(key=lambda r: r.offset)
+        seen: set[int] = set()
+        highest = 0
+        for r in recs:
+            assert r.version is not None
+            if r.version in seen:
+                continue
+            assert r.version == highest + 1, (
+                f"aggregate {key}: version {r.version} arrived first after {highest} (offset {r.offset})"
+            )
+            seen.add(r.version)
+            highest = r.version
+
+
+def tailer_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "CDCFLOW_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "CDCFLOW_MONGO_URI": settings.mongo_uri,
+        "CDCFLOW_LOG_JSON": "true",
+        **extra,
+    })
+    return env
+
+
+def spawn_tailer(settings: Settings, databases: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """`cdcflow tail -d …` as a child process, logs appended to `log`."""
+    argv = [
+        str(Path(sys.executable).parent / "cdcflow"), "tail", *[arg for d in databases for arg in ("-d", d)]
+    ]
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env=tailer_env(settings, **env), stdout=out, stderr=out,
+                                start_new_session=True)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=timeout)

@@ -81,7 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("WARNING", json=False)
     print(f"{'read model':<16}{'batched ev/s':>14}{'naive ev/s':>12}{'speed-up':>10}   "
-          f"(batched: {args.events} events in batches of {args.batch}; naive: {args.naive_events} events, 1 per write)")
+          f"(batched: {args.events} events in batches of {args.batch}; "
+          f"naive: {args.naive_events} events, 1 per write)")
     for name in args.read_model or list(GENERATORS):
         batched = rate(name, GENERATORS[name](args.events, unique("b")), args.batch)
         naive = rate(name, GENERATORS[name](args.naive_events, unique("n")), 1)

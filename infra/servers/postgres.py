@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -125,6 +126,10 @@ class PostgresServer(Server):
             cwd=Path("/tmp"),
             user=_PG_USER,
         )
+
+    def stop(self) -> bool:
+        """Fast shutdown (SIGINT): SIGTERM is Postgres' "smart" mode, which waits for every client to leave."""
+        return self.process.stop(timeout=60, sig=signal.SIGINT)
 
     def check_health(self) -> str:
         with psycopg.connect(self.dsn, connect_timeout=3, autocommit=True) as conn:

@@ -26,6 +26,7 @@ app.add_typer(infra_app, name="infra")
 # -- commands --
 from cdc.tail_cli import register as _tail; _tail(app)  # noqa: E402, E702, I001
 from streams.cli import register as _streams; _streams(app)  # noqa: E402, E702, I001
+from streams.replay_cli import register as _replay; _replay(app)  # noqa: E402, E702, I001
 from cdc.usage_cli import register as _usage; _usage(app)  # noqa: E402, E702, I001  (before producers)
 from producers.cli import register as _producers; _producers(app)  # noqa: E402, E702, I001
 # -- end commands --

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     order_port: int = 8102
     clickstream_port: int = 8103
 
+    # replay
+    # `replay --rebuild` into a store whose swap is a pointer (Cassandra): how long live writers may still
+    # write to the replaced keyspace (pointer cache + one request timeout) before the catch-up and its drop.
+    replay_swap_grace_seconds: float = Field(default=16.0, ge=0)
+
     # usage
     # `cdcflow serve read-api`: default port of the HTTP read API (host: services_host).
     read_api_port: int = Field(default=8104, ge=1, le=65535)

@@ -11,6 +11,7 @@ view gets the same expiry (and a view already past retention is not written at a
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -85,7 +86,7 @@ def classify_cassandra_error(exc: BaseException) -> Exception:
 
 
 class ClickstreamSink(Sink):
-    """The `clickstream` read model on Cassandra (keyspace = namespace)."""
+    """The `clickstream` read model on Cassandra (keyspace = namespace, or where a rebuild pointed it)."""
 
     name: ClassVar[str] = "clickstream"
     event_types: ClassVar[frozenset[str]] = frozenset({"PageViewed"})
@@ -97,6 +98,9 @@ class ClickstreamSink(Sink):
         self._session: Session | None = None
         self._insert_user: PreparedStatement | None = None
         self._insert_product: PreparedStatement | None = None
+        # The physical keyspace: the namespace, or where a `replay --rebuild` swap pointed it (sinks/namespaces).
+        self._keyspace: str | None = None
+        self._keyspace_read_at = 0.0
 
     # -- connection -----------------------------------------------------------------------------------
 
@@ -114,6 +118,24 @@ class ClickstreamSink(Sink):
                 self._session.cluster.shutdown()
         self._session = None
         self._insert_user = self._insert_product = None
+        self._keyspace = None
+
+    def keyspace(self) -> str:
+        """The keyspace this namespace lives in now (re-read every few seconds: swaps happen live)."""
+        from sinks.namespaces import POINTER_TTL_SECONDS, cassandra_pointer
+
+        if self._keyspace is None or time.monotonic() - self._keyspace_read_at > POINTER_TTL_SECONDS:
+            session = self._connect()
+            try:
+                keyspace = cassandra_pointer(session, self.name, self.namespace) or self.namespace
+            except Exception as exc:
+                if self._keyspace is not None:  # keep the last known one; the write itself will tell
+                    return self._keyspace
+                raise classify_cassandra_error(exc) from exc
+            if keyspace != self._keyspace:
+                self._insert_user = self._insert_product = None
+            self._keyspace, self._keyspace_read_at = keyspace, time.monotonic()
+        return self._keyspace
 
     def _execute(self, query: str, params: Sequence[Any] | None = None) -> Any:
         session = self._connect()
@@ -128,7 +150,7 @@ class ClickstreamSink(Sink):
     # -- setup ----------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        ks = self.namespace
+        ks = self.keyspace()
         self._execute(
             f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
             "{'class': 'SimpleStrategy', 'replication_factor': 1}"
@@ -147,8 +169,8 @@ class ClickstreamSink(Sink):
 
     def _prepare(self) -> tuple[PreparedStatement, PreparedStatement]:
         if self._insert_user is None or self._insert_product is None:
+            ks = self.keyspace()
             session = self._connect()
-            ks = self.namespace
             try:
                 self._insert_user = session.prepare(
                     f"INSERT INTO {ks}.page_views_by_user_day "
@@ -167,8 +189,15 @@ class ClickstreamSink(Sink):
         return self._insert_user, self._insert_product
 
     def drop(self) -> None:
-        self._execute(f"DROP KEYSPACE IF EXISTS {self.namespace}")
+        from sinks.namespaces import clear_cassandra_pointer
+
+        keyspace = self.keyspace()
+        self._execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        if keyspace != self.namespace:
+            self._execute(f"DROP KEYSPACE IF EXISTS {self.namespace}")
+            clear_cassandra_pointer(self._connect(), self.name, self.namespace)
         self._insert_user = self._insert_product = None
+        self._keyspace = None
 
     # -- write ----------------------------------------------------------------------------------------
 
@@ -181,6 +210,7 @@ class ClickstreamSink(Sink):
                 views.append(page_view_of(event))
             except InvalidEventError as exc:
                 raise PermanentSinkError(str(exc), event_id=event.event_id) from exc
+        self.keyspace()  # follow a swap (re-prepares when the keyspace changed)
         insert_user, insert_product = self._prepare()
         session = self._connect()
         now = datetime.now(UTC)
@@ -223,7 +253,7 @@ class ClickstreamSink(Sink):
         """A user's page views on `day`, oldest first."""
         rows = self._execute(
             f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
-            f"FROM {self.namespace}.page_views_by_user_day WHERE user_id = %s AND day = %s",
+            f"FROM {self.keyspace()}.page_views_by_user_day WHERE user_id = %s AND day = %s",
             (user_id, day),
         )
         return [_view(r) for r in rows]
@@ -241,7 +271,7 @@ class ClickstreamSink(Sink):
     def top_products(self, day: date, limit: int = 10) -> list[tuple[str, int]]:
         """Most viewed products on `day` as (product_id, views), most viewed first."""
         rows = self._execute(
-            f"SELECT product_id, count(*) AS n FROM {self.namespace}.product_views_by_day "
+            f"SELECT product_id, count(*) AS n FROM {self.keyspace()}.product_views_by_day "
             "WHERE day = %s GROUP BY product_id",
             (day,),
         )
@@ -252,10 +282,10 @@ class ClickstreamSink(Sink):
     def snapshot(self) -> dict[str, list[Any]]:
         users = self._execute(
             f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
-            f"FROM {self.namespace}.page_views_by_user_day"
+            f"FROM {self.keyspace()}.page_views_by_user_day"
         )
         products = self._execute(
-            f"SELECT day, product_id, event_id, user_id, ts FROM {self.namespace}.product_views_by_day"
+            f"SELECT day, product_id, event_id, user_id, ts FROM {self.keyspace()}.product_views_by_day"
         )
         return {
             "views": sorted((_view(r).to_json() for r in users), key=lambda v: (v["ts"], v["event_id"])),

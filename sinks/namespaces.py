@@ -1,0 +1,236 @@
+"""Sink namespaces: shadows for `--rebuild`, the atomic swap into the live namespace, and the pointers readers resolve.
+
+A read model lives in a *namespace* (Postgres schema, Neo4j label prefix, Cassandra keyspace). `cdcflow replay
+--rebuild` builds the model again into a fresh *shadow* namespace, then swaps it in, so readers see either the old
+model or the complete new one, never a half-built one. How the swap is atomic depends on the store:
+
+- Postgres (`order_view`, `stock_view`): several read models share one schema, so whole schemas are not renamed;
+  the read model's own tables are moved instead, in ONE transaction (DDL is transactional in Postgres):
+  live tables -> a retired schema, shadow tables -> the live schema, retired and shadow schemas dropped. Table
+  names do not change, so readers and live workers need no pointer; the transaction waits for in-flight writes.
+- Neo4j (`purchase_graph`): in ONE write transaction, the live nodes are deleted, the shadow relationships are
+  recreated with the live type (relationship types are immutable) and the shadow nodes relabelled. No pointer
+  either; the cost is one transaction the size of the model (fine for the sizes a single Neo4j serves here).
+- Cassandra (`clickstream`): keyspaces cannot be renamed and copying is not atomic, so the live namespace is a
+  *pointer*: the table `cdcflow_meta.active_namespace (read_model, namespace) -> physical keyspace`, kept in
+  Cassandra itself so the clickstream model depends on no other store. No row means "the keyspace is the
+  namespace". The swap is one write of that row. `ClickstreamSink` resolves it for its reads and writes and
+  re-reads it every `POINTER_TTL_SECONDS`, so a running live worker follows a swap within seconds; the replay
+  waits `replay_swap_grace_seconds` before it catches up and drops the retired keyspace.
+
+Readers (the query engine, the read API) call `active_namespace()` to learn where a model physically lives, or
+simply use the sinks' own read methods, which already resolve it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cassandra import InvalidRequest
+from cassandra.cluster import Session
+from psycopg import sql
+
+from cdc.logs import get_logger
+from cdc.settings import Settings
+from sinks.base import Sink, check_namespace
+from sinks.connect import cassandra_session, neo4j_driver, postgres_connect
+
+log = get_logger(__name__)
+
+#: Cassandra keyspace holding the namespace pointers.
+META_KEYSPACE = "cdcflow_meta"
+#: How long a sink trusts a pointer it read before reading it again.
+POINTER_TTL_SECONDS = 5.0
+
+_MAX_NAMESPACE = 41  # sinks.base.check_namespace
+
+
+def shadow_namespace(namespace: str) -> str:
+    """A fresh, valid namespace to rebuild `namespace` into: `<namespace>_r<8 hex>` (shortened if needed)."""
+    suffix = f"_r{uuid.uuid4().hex[:8]}"
+    return check_namespace(namespace[: _MAX_NAMESPACE - len(suffix)] + suffix)
+
+
+# -- Cassandra pointers ---------------------------------------------------------------------------------
+
+
+def cassandra_pointer(session: Session, read_model: str, namespace: str) -> str | None:
+    """The keyspace `namespace` of `read_model` points to, or None (no pointer: the keyspace is the namespace)."""
+    try:
+        rows = session.execute(
+            f"SELECT physical FROM {META_KEYSPACE}.active_namespace WHERE read_model = %s AND namespace = %s",
+            (read_model, namespace),
+        )
+    except InvalidRequest:  # no meta keyspace/table yet: nothing was ever swapped
+        return None
+    row = rows.one()
+    return None if row is None else str(row.physical)
+
+
+def set_cassandra_pointer(session: Session, read_model: str, namespace: str, physical: str) -> None:
+    """Point `namespace` of `read_model` at keyspace `physical` (one write: the swap)."""
+    check_namespace(physical)
+    session.execute(
+        f"CREATE KEYSPACE IF NOT EXISTS {META_KEYSPACE} WITH replication = "
+        "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )
+    session.execute(
+        f"CREATE TABLE IF NOT EXISTS {META_KEYSPACE}.active_namespace ("
+        "read_model text, namespace text, physical text, switched_at timestamp, "
+        "PRIMARY KEY ((read_model, namespace)))"
+    )
+    session.execute(
+        f"INSERT INTO {META_KEYSPACE}.active_namespace (read_model, namespace, physical, switched_at) "
+        "VALUES (%s, %s, %s, toTimestamp(now()))",
+        (read_model, namespace, physical),
+    )
+
+
+def clear_cassandra_pointer(session: Session, read_model: str, namespace: str) -> None:
+    """Remove the pointer of `namespace` (the keyspace is the namespace again)."""
+    with contextlib.suppress(InvalidRequest):
+        session.execute(
+            f"DELETE FROM {META_KEYSPACE}.active_namespace WHERE read_model = %s AND namespace = %s",
+            (read_model, namespace),
+        )
+
+
+def active_namespace(settings: Settings, read_model: str, namespace: str | None = None) -> str:
+    """Where `read_model`'s `namespace` (default: the live one) physically lives, for readers.
+
+    Postgres and Neo4j swaps are physical, so that is the namespace itself; for Cassandra it is the pointer's
+    target. Opens a Cassandra session: call it once and keep the answer for a few seconds, not per query.
+    """
+    from sinks.registry import read_model as lookup
+
+    ns = check_namespace(namespace or settings.sink_namespace)
+    if lookup(read_model).store != "cassandra":
+        return ns
+    session = cassandra_session(settings)
+    try:
+        return cassandra_pointer(session, read_model, ns) or ns
+    finally:
+        session.cluster.shutdown()
+
+
+# -- swaps ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Swap:
+    """A swap done: what the live namespace now holds, and how to clean up what it replaced."""
+
+    live: str
+    physical: str
+    retired: str | None
+    #: Seconds live writers may still write to the replaced data (pointer caches); wait before `retire`.
+    grace_seconds: float
+    retire: Callable[[], None]
+
+
+def swap_in(settings: Settings, live: Sink, shadow: Sink) -> Swap:
+    """Make `shadow`'s complete model the live one, atomically for readers. `shadow` is consumed."""
+    from sinks.clickstream import ClickstreamSink
+    from sinks.postgres import PostgresFoldSink
+    from sinks.purchase_graph import PurchaseGraphSink
+
+    if type(live) is not type(shadow) or live.namespace == shadow.namespace:
+        raise ValueError(f"cannot swap {shadow!r} into {live!r}")
+    if isinstance(live, PostgresFoldSink):
+        return _swap_postgres(settings, live, shadow)
+    if isinstance(live, PurchaseGraphSink) and isinstance(shadow, PurchaseGraphSink):
+        return _swap_neo4j(settings, live, shadow)
+    if isinstance(live, ClickstreamSink):
+        return _swap_cassandra(settings, live, shadow)
+    raise ValueError(f"no swap for {type(live).__name__}")
+
+
+def _noop() -> None:
+    return None
+
+
+def _swap_postgres(settings: Settings, live: Sink, shadow: Sink) -> Swap:
+    from sinks.postgres import PostgresFoldSink
+
+    assert isinstance(live, PostgresFoldSink)
+    retired = f"{live.namespace}_retired_{uuid.uuid4().hex[:8]}"
+    tables = [live.table, f"{live.table}_processed"]
+    with postgres_connect(settings, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL lock_timeout = '60s'")
+        # the same lock as PostgresFoldSink.setup(): no setup of the live schema runs meanwhile
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"cdcflow-setup-{live.namespace}",))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(live.namespace)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(retired)))
+        for table in tables:
+            conn.execute(
+                sql.SQL("ALTER TABLE IF EXISTS {}.{} SET SCHEMA {}").format(
+                    sql.Identifier(live.namespace), sql.Identifier(table), sql.Identifier(retired)
+                )
+            )
+            conn.execute(
+                sql.SQL("ALTER TABLE {}.{} SET SCHEMA {}").format(
+                    sql.Identifier(shadow.namespace), sql.Identifier(table), sql.Identifier(live.namespace)
+                )
+            )
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(retired)))
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(shadow.namespace)))
+    log.info("swapped", read_model=live.name, store="postgres", live=live.namespace, shadow=shadow.namespace)
+    return Swap(live.namespace, live.namespace, None, 0.0, _noop)
+
+
+def _swap_neo4j(settings: Settings, live: Sink, shadow: Sink) -> Swap:
+    from neo4j import ManagedTransaction
+
+    from sinks.purchase_graph import PurchaseGraphSink
+
+    assert isinstance(live, PurchaseGraphSink) and isinstance(shadow, PurchaseGraphSink)
+    live.setup()  # the live constraints must exist (schema changes cannot share the data transaction)
+    lc, lp, lr = live.customer, live.product, live.purchased
+    sc, sp, sr = shadow.customer, shadow.product, shadow.purchased
+    # Names are ours (validated namespaces), never user input: labels cannot be query parameters.
+    statements = [
+        f"MATCH (n) WHERE n:`{lc}` OR n:`{lp}` DETACH DELETE n",
+        f"MATCH (a)-[r:`{sr}`]->(b) CREATE (a)-[n:`{lr}`]->(b) SET n = properties(r) DELETE r",
+        f"MATCH (n:`{sc}`) REMOVE n:`{sc}` SET n:`{lc}`",
+        f"MATCH (n:`{sp}`) REMOVE n:`{sp}` SET n:`{lp}`",
+    ]
+
+    def work(tx: ManagedTransaction) -> None:
+        for text in statements:
+            tx.run(text).consume()  # type: ignore[arg-type]
+
+    driver = neo4j_driver(settings)
+    try:
+        with driver.session() as session:
+            session.execute_write(work)
+    finally:
+        driver.close()
+    shadow.drop()  # now only its constraints and indexes are left
+    log.info("swapped", read_model=live.name, store="neo4j", live=live.namespace, shadow=shadow.namespace)
+    return Swap(live.namespace, live.namespace, None, 0.0, _noop)
+
+
+def _swap_cassandra(settings: Settings, live: Sink, shadow: Sink) -> Swap:
+    session = cassandra_session(settings)
+    try:
+        previous = cassandra_pointer(session, live.name, live.namespace) or live.namespace
+        set_cassandra_pointer(session, live.name, live.namespace, shadow.namespace)
+    finally:
+        session.cluster.shutdown()
+    log.info("swapped", read_model=live.name, store="cassandra", live=live.namespace, physical=shadow.namespace,
+             retired=previous)
+
+    def retire() -> None:
+        if previous == shadow.namespace:
+            return
+        s = cassandra_session(settings)
+        try:
+            s.execute(f"DROP KEYSPACE IF EXISTS {check_namespace(previous)}")
+        finally:
+            s.cluster.shutdown()
+        log.info("retired", read_model=live.name, store="cassandra", keyspace=previous)
+
+    return Swap(live.namespace, shadow.namespace, previous, settings.replay_swap_grace_seconds, retire)

@@ -1,0 +1,201 @@
+"""`cdcflow replay` and `cdcflow resnapshot`: thin shells over streams.replay and streams.resnapshot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from cdc.settings import Settings
+from sinks.registry import READ_MODELS
+
+EXIT_USAGE = 2
+
+
+class _RateColumn(ProgressColumn):
+    """Events per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- ev/s" if speed is None else f"{speed:,.0f} ev/s")
+
+
+class RichProgress:
+    """A rich progress bar per phase: events done/total, events/s, elapsed and ETA (on stderr)."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._finish()
+        self._progress.stop()
+
+    def _finish(self) -> None:
+        if self._task is not None:
+            task = self._progress.tasks[-1]
+            self._progress.update(self._task, total=max(task.completed, 0), refresh=True)
+
+    def phase(self, name: str, total: int) -> None:
+        self._finish()
+        self._task = self._progress.add_task(name, total=total or None)
+
+    def advance(self, events: int) -> None:
+        if self._task is not None and events:
+            task = self._progress.tasks[-1]
+            if task.total is not None and task.completed + events > task.total:  # an estimate was low
+                self._progress.update(self._task, total=task.completed + events)
+            self._progress.advance(self._task, events)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.obj
+    if not isinstance(settings, Settings):  # pragma: no cover - the root callback always sets it
+        from cdc.settings import load_settings
+
+        settings = load_settings()
+    return settings
+
+
+def _usage_error(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def replay_command(
+    ctx: typer.Context,
+    read_model: Annotated[
+        str, typer.Option("--read-model", help=f"Read model to replay: {', '.join(READ_MODELS)}.")
+    ],
+    from_: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="'earliest', or an ISO-8601 time (UTC unless it has an offset, e.g. 2026-01-31T12:00:00Z): "
+                 "each partition starts at its first record published at or after it (Kafka record time).",
+        ),
+    ],
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Build into a shadow namespace and swap it in at the end: readers never see a half-built model.",
+        ),
+    ] = False,
+    topic: Annotated[str | None, typer.Option(help="Source topic (default: the read model's).")] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="Sink namespace: schema/keyspace/label prefix (default: the live one).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (no progress bar).")] = False,
+) -> None:
+    """Re-read a read model's topic with a consumer of its own and write it through the same sink.
+
+    Idempotent: replaying twice changes nothing. Live workers are not disturbed (own group, nothing committed).
+
+    It stops at the end offsets seen at start; --rebuild also catches up on what arrived meanwhile.
+
+    Records the sink refuses go to <topic>.dlq, exactly as with the live worker.
+    """
+    from streams.replay import parse_start, replay
+
+    settings = _settings(ctx)
+    if read_model not in READ_MODELS:
+        raise _usage_error(f"unknown read model {read_model!r}; known: {', '.join(READ_MODELS)}")
+    try:
+        start = parse_start(from_)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    if namespace is not None:
+        from sinks.base import check_namespace
+
+        try:
+            check_namespace(namespace)
+        except ValueError as exc:
+            raise _usage_error(str(exc)) from None
+    console = Console(stderr=True)
+    if as_json or not sys.stderr.isatty():
+        report = replay(settings, read_model, start, rebuild=rebuild, topic=topic, namespace=namespace)
+    else:
+        with RichProgress(console) as bar:
+            report = replay(settings, read_model, start, rebuild=rebuild, topic=topic, namespace=namespace,
+                            progress=bar)
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+        return
+    rate = report.events / report.seconds if report.seconds else 0.0
+    typer.echo(
+        f"{report.read_model}: {report.events} event(s) from {report.topic} "
+        f"({'earliest' if report.start is None else report.start.isoformat()}) into namespace {report.namespace} "
+        f"in {report.seconds:.1f}s ({rate:,.0f} ev/s); {report.dead} dead letter(s)"
+    )
+    for phase in report.phases:
+        typer.echo(f"  {phase.name:<18} {phase.namespace:<28} {phase.events:>8} event(s)  {phase.seconds:6.1f}s")
+    if report.rebuild:
+        retired = f"; retired {report.retired}" if report.retired and report.retired != report.physical else ""
+        typer.echo(f"  rebuilt in {report.shadow}, swapped in as {report.namespace} "
+                   f"(physical: {report.physical}){retired}")
+
+
+def resnapshot_command(
+    ctx: typer.Context,
+    service: Annotated[
+        str, typer.Option("--service", help="order (its event store), product or clickstream (their outboxes).")
+    ],
+    topic: Annotated[
+        str | None, typer.Option(help="Send everything to this topic instead of each event's own (staging).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (no progress bar).")] = False,
+) -> None:
+    """Re-emit a service's stored events to Kafka, e.g. after topic retention dropped them.
+
+    order: every event of its `order_events` event store, per order in version order.
+
+    product, clickstream: no event store, so their outbox documents (published or not); published ones expire
+    after outbox_retention_seconds (TTL): only the events still retained come back.
+
+    Same key, value and headers as the tailer; sinks are idempotent, so events they already have change nothing.
+    """
+    from streams.resnapshot import SERVICES, resnapshot
+
+    settings = _settings(ctx)
+    if service not in SERVICES:
+        raise _usage_error(f"unknown service {service!r}; known: {', '.join(SERVICES)}")
+    if as_json or not sys.stderr.isatty():
+        report = resnapshot(settings, service, topic=topic)
+    else:
+        with RichProgress(Console(stderr=True)) as bar:
+            report = resnapshot(settings, service, topic=topic, progress=bar)
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+        return
+    per_topic = ", ".join(f"{t}: {n}" for t, n in sorted(report.topics.items())) or "nothing to send"
+    typer.echo(f"{service}: {report.events} event(s) re-emitted from {report.database}.{report.source} "
+               f"in {report.seconds:.1f}s ({per_topic}); {report.skipped} invalid document(s) skipped")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `replay` and `resnapshot` to the cdcflow command line."""
+    app.command("replay")(replay_command)
+    app.command("resnapshot")(resnapshot_command)

@@ -1,0 +1,213 @@
+"""`cdcflow resnapshot --service NAME`: re-emit a service's stored events to Kafka, e.g. after topic retention.
+
+- `order`: the event store, `order_events` in the order service database, every order's events in version
+  order (the unique (order_id, version) index serves the sort). The event store keeps no topic or headers, so
+  the topic is `orders`, and the headers (trace id …) come from the event's outbox document while it still
+  exists (published ones expire after `outbox_retention_seconds`), else schema version and source service.
+- `product`, `clickstream`: their `outbox` documents, published or not, in creation order. The outbox is not an
+  event store: published documents expire after `outbox_retention_seconds`, so only the retained ones come back.
+
+Records are what the tailer sends (value = event JSON, key = aggregate id, the same headers), through the
+tailer's idempotent publisher; same event ids and versions, so every sink applies them at most once in effect.
+Nothing in MongoDB is modified, and reads are batched (one query per batch) to keep the load on it light.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pymongo import ASCENDING
+from pymongo.collection import Collection
+
+from cdc.errors import CdcError, InvalidEventError
+from cdc.event import H_SCHEMA, H_SOURCE, SCHEMA_VERSION, Event
+from cdc.logs import get_logger
+from cdc.mongo import mongo_client
+from cdc.outbox import CREATION_ORDER, OUTBOX_COLLECTION
+from cdc.publisher import InFlight, Publisher, Sent
+from cdc.schemas import TOPIC_ORDERS
+from cdc.settings import Settings
+
+log = get_logger(__name__)
+
+Document = dict[str, Any]
+
+SERVICES = ("order", "product", "clickstream")
+
+#: Documents per MongoDB batch (and per outbox header lookup).
+BATCH = 500
+
+#: The order service's event store and source name (producers/order.py).
+ORDER_EVENTS = "order_events"
+ORDER_SOURCE = "order-service"
+
+
+class ResnapshotError(CdcError):
+    """Events could not be re-emitted (unknown service, Kafka refused or did not acknowledge them)."""
+
+
+class Progress(Protocol):
+    """Told how many events there are (roughly) and how many were acknowledged."""
+
+    def phase(self, name: str, total: int) -> None: ...
+
+    def advance(self, events: int) -> None: ...
+
+
+class _NoProgress:
+    def phase(self, name: str, total: int) -> None:
+        return None
+
+    def advance(self, events: int) -> None:
+        return None
+
+
+@dataclass
+class ResnapshotReport:
+    """What a resnapshot did."""
+
+    service: str
+    database: str
+    source: str
+    topics: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def events(self) -> int:
+        """Events re-emitted and acknowledged."""
+        return sum(self.topics.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {"service": self.service, "database": self.database, "source": self.source, "events": self.events,
+                "topics": self.topics, "skipped_invalid": self.skipped, "seconds": round(self.seconds, 3)}
+
+
+def service_database(settings: Settings, service: str) -> str:
+    """The database of `service` (with the configured prefix); ResnapshotError for an unknown service."""
+    if service not in SERVICES:
+        raise ResnapshotError(f"unknown service {service!r}; known: {', '.join(SERVICES)}")
+    from producers.app import service_database as name_of
+
+    return name_of(settings, service)
+
+
+def _order_events(database: Any, skipped: list[str]) -> Iterator[Event]:
+    """The event store's events, order by order, in version order, with headers from the outbox if kept."""
+    events: Collection[Document] = database[ORDER_EVENTS]
+    outbox: Collection[Document] = database[OUTBOX_COLLECTION]
+    cursor = events.find({}).sort([("order_id", ASCENDING), ("version", ASCENDING)]).batch_size(BATCH)
+    batch: list[Document] = []
+
+    def flush() -> Iterator[Event]:
+        ids = [d["_id"] for d in batch]
+        headers = {
+            d["_id"]: d.get("headers") or {}
+            for d in outbox.find({"_id": {"$in": ids}}, projection={"headers": 1})
+        }
+        for d in batch:
+            fields = {
+                "_id": d["_id"], "topic": TOPIC_ORDERS, "aggregate_type": "Order", "aggregate_id": d["order_id"],
+                "type": d["type"], "version": d["version"], "occurred_at": d["occurred_at"],
+                "payload": d.get("payload") or {},
+                "headers": headers.get(d["_id"]) or {H_SCHEMA: SCHEMA_VERSION, H_SOURCE: ORDER_SOURCE},
+            }
+            try:
+                yield Event.parse(fields)
+            except InvalidEventError as exc:
+                skipped.append(str(d.get("_id")))
+                log.error("resnapshot_skipped", event_id=str(d.get("_id")), error=str(exc))
+        batch.clear()
+
+    for doc in cursor:
+        batch.append(doc)
+        if len(batch) >= BATCH:
+            yield from flush()
+    if batch:
+        yield from flush()
+
+
+def _outbox_events(database: Any, skipped: list[str]) -> Iterator[Event]:
+    """Every outbox document (published or not) in creation order."""
+    outbox: Collection[Document] = database[OUTBOX_COLLECTION]
+    for doc in outbox.find({}).sort(CREATION_ORDER).batch_size(BATCH):
+        try:
+            yield Event.parse(doc)
+        except InvalidEventError as exc:
+            skipped.append(str(doc.get("_id")))
+            log.error("resnapshot_skipped", event_id=str(doc.get("_id")), error=str(exc))
+
+
+def resnapshot(
+    settings: Settings,
+    service: str,
+    *,
+    topic: str | None = None,
+    progress: Progress | None = None,
+    timeout: float = 120.0,
+) -> ResnapshotReport:
+    """Re-emit `service`'s stored events to Kafka; returns once Kafka acknowledged every one of them.
+
+    `topic` sends everything there instead of each event's own topic (tests, staging); the event's `topic`
+    field is rewritten to match, as if it had been produced for that topic.
+    """
+    database_name = service_database(settings, service)
+    source = ORDER_EVENTS if service == "order" else OUTBOX_COLLECTION
+    report = ResnapshotReport(service, database_name, source)
+    bar: Progress = progress or _NoProgress()
+    started = time.perf_counter()
+    client = mongo_client(settings)
+    publisher = Publisher(settings, source=f"resnapshot-{service}")
+    inflight = InFlight()
+    skipped: list[str] = []
+    sent: dict[str, int] = {}
+    try:
+        database = client.get_database(database_name)
+        try:
+            total = int(database[source].estimated_document_count())
+        except Exception:  # a count is only for the progress bar
+            total = 0
+        bar.phase(f"resnapshot {service}", total)
+        log.info("resnapshot_starting", service=service, database=database_name, source=source, estimate=total)
+        events = _order_events(database, skipped) if service == "order" else _outbox_events(database, skipped)
+        acked = 0
+        for event in events:
+            if topic:
+                event = event.model_copy(update={"topic": topic})
+            entry = Sent(event.event_id, None, None)
+            publisher.send(event, entry, inflight)
+            sent[event.topic] = sent.get(event.topic, 0) + 1
+            if publisher.fatal:
+                raise ResnapshotError(f"kafka producer failed: {publisher.fatal}")
+            done = len(inflight.take_acked_prefix())
+            if done:
+                acked += done
+                bar.advance(done)
+        deadline = time.monotonic() + timeout
+        while publisher.outstanding() and time.monotonic() < deadline and not inflight.failed:
+            publisher.flush(0.5)
+            done = len(inflight.take_acked_prefix())
+            acked += done
+            bar.advance(done)
+        acked += len(inflight.take_acked_prefix())
+        if inflight.failed or publisher.fatal:
+            raise ResnapshotError(f"kafka refused events: {inflight.failed or publisher.fatal}")
+        if publisher.outstanding() or acked != sum(sent.values()):
+            raise ResnapshotError(
+                f"kafka did not acknowledge {sum(sent.values()) - acked} of {sum(sent.values())} events "
+                f"within {timeout:.0f}s"
+            )
+        report.topics = sent
+        report.skipped = len(skipped)
+        return report
+    finally:
+        publisher.close(timeout=5.0)
+        client.close()
+        report.seconds = time.perf_counter() - started
+        log.info("resnapshot_done", service=service, database=database_name, events=report.events,
+                 topics=report.topics, skipped=report.skipped, seconds=round(report.seconds, 3))
+

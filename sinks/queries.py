@@ -11,6 +11,7 @@ table: a user without page views in the window gets an empty list, not `NotFound
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
@@ -52,14 +53,24 @@ class ReadModels:
     settings: Settings
     namespace: str | None = None
     _sinks: dict[str, Sink] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # the read API's request threads share us
 
     def _get(self, name: str) -> Sink:
         sink = self._sinks.get(name)
-        if sink is None:
-            sink = build_sink(name, self.settings, self.namespace)
+        if sink is not None:
+            return sink
+        # Set up outside the lock: a store that is down must not hold up queries of the other stores.
+        sink = build_sink(name, self.settings, self.namespace)
+        try:
             sink.setup()  # idempotent; a read model no worker has written yet reads as empty
-            self._sinks[name] = sink
-        return sink
+        except Exception:
+            sink.close()
+            raise
+        with self._lock:
+            kept = self._sinks.setdefault(name, sink)
+        if kept is not sink:  # another request thread set it up first
+            sink.close()
+        return kept
 
     @property
     def order_view(self) -> OrderViewSink:
@@ -85,10 +96,11 @@ class ReadModels:
         return failed
 
     def close(self) -> None:
-        for sink in self._sinks.values():
-            with contextlib.suppress(Exception):
-                sink.close()
-        self._sinks.clear()
+        with self._lock:
+            for sink in self._sinks.values():
+                with contextlib.suppress(Exception):
+                    sink.close()
+            self._sinks.clear()
 
     def __enter__(self) -> ReadModels:
         return self

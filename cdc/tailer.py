@@ -129,6 +129,8 @@ class OutboxTailer:
         self._last_save = 0.0
         self._saved_token: Mapping[str, Any] | None = None
         self._books: _Bookkeeper | None = None
+        # After a drop/rename/invalidate the checkpoint's token would replay the same end: catch up instead.
+        self._force_catchup = False
 
     # -- leadership -------------------------------------------------------------------------------------
 
@@ -193,7 +195,8 @@ class OutboxTailer:
                 RESTARTS.labels(self.key, "reopen").inc()
                 continue
             except StreamLost as exc:
-                self.log.warning("change stream ended", reason=str(exc))
+                self.log.warning("change stream ended; re-opening with the catch-up scan", reason=str(exc))
+                self._force_catchup = True
                 continue
             except (PyMongoError, KafkaException, DeliveryError, CdcError) as exc:
                 RESTARTS.labels(self.key, "error").inc()
@@ -212,7 +215,10 @@ class OutboxTailer:
         stream: CollectionChangeStream[Document] | None = None
         try:
             checkpoint = self.store.load(self.key)
-            stream, need_catchup = self._open(checkpoint)
+            if self._force_catchup:
+                stream, need_catchup = self._watch(), True
+            else:
+                stream, need_catchup = self._open(checkpoint)
             if need_catchup:
                 stream = self._catch_up(stream)
             self._pump(stream)
@@ -289,6 +295,7 @@ class OutboxTailer:
             self._saved_token = start_token
             self._last_save = time.monotonic()
         self.catchups += 1
+        self._force_catchup = False
         self.log.warning("catch-up scan done", published=result.sent, dead_lettered=result.dead_lettered,
                          seconds=round(time.monotonic() - started, 3))
         # The cursor sat still during the scan; SecantusDB does not report history pruned under an open

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from cdc.settings import Settings
@@ -91,3 +91,26 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> 
         ):
             return
         time.sleep(0.1)
+
+
+def group_reader(settings: Settings, group: str) -> Consumer:
+    """A consumer that only reads a group's committed offsets: it never subscribes nor commits, so it does
+    not join (or disturb) the group."""
+    return Consumer(kafka_config(settings, **{"group.id": group, "enable.auto.commit": False}))
+
+
+def topic_offsets(
+    consumer: Consumer, topic: str, timeout: float
+) -> tuple[dict[int, tuple[int, int]], dict[int, int]] | None:
+    """({partition: (low, high)}, {partition: committed}) of `topic`; None when the topic does not exist."""
+    meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        return None
+    partitions = sorted(meta.partitions)
+    marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in partitions}
+    committed = {
+        tp.partition: tp.offset
+        for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
+        if tp.offset >= 0
+    }
+    return {p: (int(lo), int(hi)) for p, (lo, hi) in marks.items()}, committed

@@ -21,11 +21,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from cdc.kafka import kafka_config
+from cdc.kafka import group_reader, topic_offsets
 from cdc.logs import get_logger
 from cdc.mongo import mongo_client
 from cdc.outbox import backlog
@@ -226,28 +225,6 @@ def outbox_status(
     )
 
 
-def _consumer(settings: Settings, group: str) -> Consumer:
-    # Never subscribes nor commits: reading committed offsets does not join (or disturb) the group.
-    return Consumer(kafka_config(settings, **{"group.id": group, "enable.auto.commit": False}))
-
-
-def _offsets(
-    consumer: Consumer, topic: str, timeout: float
-) -> tuple[dict[int, tuple[int, int]], dict[int, int]] | None:
-    """({partition: (low, high)}, {partition: committed}) of `topic`; None when the topic does not exist."""
-    meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-    if meta is None or meta.error is not None or not meta.partitions:
-        return None
-    partitions = sorted(meta.partitions)
-    marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in partitions}
-    committed = {
-        tp.partition: tp.offset
-        for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
-        if tp.offset >= 0
-    }
-    return {p: (int(lo), int(hi)) for p, (lo, hi) in marks.items()}, committed
-
-
 def lag_of(marks: dict[int, tuple[int, int]], committed: dict[int, int]) -> dict[int, int]:
     """Per-partition lag: high watermark minus the committed offset (the low watermark when none, or when
     retention deleted past it)."""
@@ -255,9 +232,9 @@ def lag_of(marks: dict[int, tuple[int, int]], committed: dict[int, int]) -> dict
 
 
 def lag_status(settings: Settings, target: LagTarget, timeout: float) -> LagStatus:
-    consumer = _consumer(settings, target.group)
+    consumer = group_reader(settings, target.group)
     try:
-        found = _offsets(consumer, target.topic, timeout)
+        found = topic_offsets(consumer, target.topic, timeout)
     except Exception as exc:
         return LagStatus(target.read_model, target.group, target.topic, error=_short(exc))
     finally:
@@ -275,9 +252,9 @@ def lag_status(settings: Settings, target: LagTarget, timeout: float) -> LagStat
 def dead_letter_status(settings: Settings, topic: str, timeout: float) -> DeadLetterStatus:
     from streams.dlq import replay_group
 
-    consumer = _consumer(settings, replay_group(topic))
+    consumer = group_reader(settings, replay_group(topic))
     try:
-        found = _offsets(consumer, topic, timeout)
+        found = topic_offsets(consumer, topic, timeout)
     except Exception as exc:
         return DeadLetterStatus(topic, error=_short(exc))
     finally:

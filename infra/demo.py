@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from confluent_kafka import KafkaException
+from pymongo import MongoClient
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from cdc.kafka import admin_client, ensure_topics
+from cdc.kafka import ensure_topics, group_reader, topic_offsets
 from cdc.mongo import mongo_client
 from cdc.outbox import OUTBOX_COLLECTION
 from cdc.schemas import TOPICS
 from cdc.settings import Settings
+from cdc.status import gather_status
 from infra import stack
 from infra.errors import StartError
 from infra.pipeline import Pipeline
+from sinks import queries
 from sinks.registry import READ_MODELS
 
 SERVICE_DATABASES = {"product": "product_service", "order": "order_service", "clickstream": "clickstream_service"}
@@ -36,7 +41,6 @@ class Counts:
     """Event counts at one moment: outbox documents per service, topic ends, consumer positions."""
 
     outbox: dict[str, int] = field(default_factory=dict)
-    unpublished: dict[str, int] = field(default_factory=dict)
     topic_end: dict[str, int] = field(default_factory=dict)
     consumed: dict[str, int] = field(default_factory=dict)
 
@@ -53,90 +57,69 @@ class DemoReport:
     seconds_to_zero_lag: float
 
 
+@retry(retry=retry_if_exception_type(KafkaException), stop=stop_after_attempt(10), wait=wait_fixed(1), reraise=True)
 def _count(settings: Settings) -> Counts:
     counts = Counts()
     client = mongo_client(settings)
     try:
         for service, dbname in SERVICE_DATABASES.items():
-            outbox = client[dbname][OUTBOX_COLLECTION]
-            counts.outbox[service] = outbox.estimated_document_count()
-            counts.unpublished[service] = outbox.count_documents({"published": False})
+            counts.outbox[service] = client[dbname][OUTBOX_COLLECTION].estimated_document_count()
     finally:
         client.close()
-    from confluent_kafka import Consumer, TopicPartition
-
-    from cdc.kafka import kafka_config
-
-    admin = admin_client(settings)
-    meta = admin.list_topics(timeout=10).topics
-    probe = Consumer(kafka_config(settings, **{"group.id": "cdcflow.demo.probe", "enable.auto.commit": False}))
-    try:
-        partitions: dict[str, list[TopicPartition]] = {}
-        for topic in TOPICS:
-            parts = [TopicPartition(topic, p) for p in (meta[topic].partitions if topic in meta else {})]
-            partitions[topic] = parts
-            counts.topic_end[topic] = sum(probe.get_watermark_offsets(tp, timeout=10)[1] for tp in parts)
-        for name, model in READ_MODELS.items():
-            group = Consumer(kafka_config(settings, **{"group.id": model.consumer_group(),
-                                                       "enable.auto.commit": False}))
-            try:
-                committed = group.committed(partitions[model.topic], timeout=10)
-            finally:
-                group.close()
-            counts.consumed[name] = sum(max(tp.offset, 0) for tp in committed)
-    finally:
-        probe.close()
+    timeout = settings.status_timeout_seconds
+    for topic in TOPICS:
+        reader = group_reader(settings, "cdcflow.demo.probe")
+        try:
+            found = topic_offsets(reader, topic, timeout)
+        finally:
+            reader.close()
+        counts.topic_end[topic] = sum(hi for _, hi in found[0].values()) if found else 0
+    for name, model in READ_MODELS.items():
+        reader = group_reader(settings, model.consumer_group())
+        try:
+            found = topic_offsets(reader, model.topic, timeout)
+        finally:
+            reader.close()
+        counts.consumed[name] = sum(found[1].values()) if found else 0
     return counts
 
 
-def _lag(now: Counts) -> tuple[int, int]:
-    backlog = sum(now.unpublished.values())
-    lag = sum(max(0, now.topic_end[m.topic] - now.consumed[name]) for name, m in READ_MODELS.items())
-    return backlog, lag
+def _most_active(client: MongoClient[dict[str, Any]], service: str, event_type: str, field_path: str,
+                 since: datetime) -> str | None:
+    rows = list(client[SERVICE_DATABASES[service]][OUTBOX_COLLECTION].aggregate([
+        {"$match": {"type": event_type, "occurred_at": {"$gte": since}}},
+        {"$group": {"_id": f"${field_path}", "n": {"$sum": 1}}},
+        {"$sort": {"n": -1, "_id": 1}},
+        {"$limit": 1},
+    ]))
+    return str(rows[0]["_id"]) if rows else None
 
 
 def _samples(settings: Settings, since: datetime) -> dict[str, Any]:
-    """An order, recommendations, a user's clicks and today's top products, read from the read models."""
+    """The busiest customer's latest order and recommendations, the busiest visitor's clicks, top products."""
     samples: dict[str, Any] = {}
     client = mongo_client(settings)
     try:
-        events = client[SERVICE_DATABASES["order"]][OUTBOX_COLLECTION]
-        delivered = events.find_one({"type": "OrderDelivered", "occurred_at": {"$gte": since}},
-                                    sort=[("occurred_at", -1)])
-        any_order = delivered or events.find_one({"type": "OrderCreated", "occurred_at": {"$gte": since}},
-                                                 sort=[("occurred_at", -1)])
-        views = client[SERVICE_DATABASES["clickstream"]][OUTBOX_COLLECTION]
-        viewer = views.find_one({"type": "PageViewed", "occurred_at": {"$gte": since}}, sort=[("occurred_at", -1)])
+        customer = _most_active(client, "order", "OrderCreated", "payload.customer_id", since)
+        user = _most_active(client, "clickstream", "PageViewed", "aggregate_id", since)
+        latest = client[SERVICE_DATABASES["order"]][OUTBOX_COLLECTION].find_one(
+            {"type": "OrderCreated", "payload.customer_id": customer, "occurred_at": {"$gte": since}},
+            sort=[("occurred_at", -1)],
+        ) if customer else None
     finally:
         client.close()
-    order_sink = READ_MODELS["order_view"].sink(settings)
-    graph = READ_MODELS["purchase_graph"].sink(settings)
-    clicks = READ_MODELS["clickstream"].sink(settings)
-    try:
-        if any_order is not None:
-            row = order_sink.get(any_order["aggregate_id"])  # type: ignore[attr-defined]
-            samples["order"] = order_sink.row_json(row) if row is not None else None  # type: ignore[attr-defined]
-            customer = samples["order"]["customer_id"] if samples["order"] else None
-            if customer:
-                samples["customer_id"] = customer
-                samples["recommendations"] = graph.recommendations(customer, 5)  # type: ignore[attr-defined]
-                samples["purchases"] = graph.purchases(customer)  # type: ignore[attr-defined]
-        if viewer is not None:
-            user = viewer["aggregate_id"]
-            day = viewer["occurred_at"].astimezone(UTC).date()
-            samples["user_id"] = user
-            samples["clicks"] = [v.to_json() for v in clicks.views(user, day)]  # type: ignore[attr-defined]
-        today = datetime.now(UTC).date()
-        samples["day"] = today.isoformat()
-        samples["top_products"] = clicks.top_products(today, 5)  # type: ignore[attr-defined]
-    finally:
-        order_sink.close()
-        graph.close()
-        clicks.close()
+    with queries.ReadModels(settings) as models:
+        if latest is not None:
+            samples["order"] = queries.order(models, latest["aggregate_id"])
+        if customer is not None:
+            samples["recommendations"] = queries.recommendations(models, customer, limit=5)
+        if user is not None:
+            samples["clicks"] = queries.clicks(models, user, day=queries.today())
+        samples["top_products"] = queries.top_products(models, limit=5)
     return samples
 
 
-def _counts_table(title: str, rows: list[tuple[str, ...]], headers: tuple[str, ...]) -> Table:
+def _counts_table(title: str, rows: Sequence[tuple[str, ...]], headers: tuple[str, ...]) -> Table:
     table = Table(title=title)
     for h in headers:
         table.add_column(h)
@@ -198,7 +181,8 @@ def run_demo(
         load = generator.report.as_dict()
 
         drained_at = time.monotonic()
-        after = _wait_for_zero_lag(settings, pipeline, console, lag_timeout, before)
+        _wait_for_zero_lag(settings, pipeline, console, lag_timeout)
+        after = _count(settings)
         seconds_to_zero = time.monotonic() - drained_at
         samples = _samples(settings, since)
     finally:
@@ -228,21 +212,21 @@ def _progress(ok: int, events: int, failed: int, elapsed: float, duration: float
     return table
 
 
-def _wait_for_zero_lag(
-    settings: Settings, pipeline: Pipeline, console: Console, timeout: float, before: Counts
-) -> Counts:
+def _wait_for_zero_lag(settings: Settings, pipeline: Pipeline, console: Console, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    with console.status("waiting until every event is forwarded and applied…") as status:
+    with console.status("waiting until every event is forwarded and applied…") as spinner:
         while True:
             pipeline.check_alive()
-            now = _count(settings)
-            backlog, lag = _lag(now)
-            if backlog == 0 and lag == 0:
-                return now
-            status.update(f"waiting: outbox backlog {backlog}, consumer lag {lag}")
+            status = gather_status(settings)
+            backlog = sum(o.backlog or 0 for o in status.outboxes)
+            lag = sum(r.lag or 0 for r in status.read_models)
+            errors = [o.error for o in status.outboxes if o.error] + [r.error for r in status.read_models if r.error]
+            if backlog == 0 and lag == 0 and not errors:
+                return
+            spinner.update(f"waiting: outbox backlog {backlog}, consumer lag {lag}")
             if time.monotonic() > deadline:
-                raise StartError("demo", f"lag did not reach 0 within {timeout:.0f}s (backlog {backlog}, lag {lag});"
-                                 f" logs in {pipeline.log_dir}")
+                raise StartError("demo", f"lag did not reach 0 within {timeout:.0f}s (backlog {backlog}, lag {lag}, "
+                                 f"errors {errors}); logs in {pipeline.log_dir}")
             time.sleep(1.0)
 
 
@@ -255,17 +239,23 @@ def _print_report(console: Console, report: DemoReport) -> None:
                   f"{report.load['achieved_event_rate']} events/s; lag reached 0 "
                   f"{report.seconds_to_zero_lag:.1f} s after the traffic stopped")
     s = report.samples
-    if s.get("order"):
+    if "order" in s:
         order = s["order"]
-        console.print(_counts_table(f"order view: {order.get('order_id')}",
-                                    [(k, str(v)) for k, v in order.items()], ("field", "value")))
+        items = ", ".join(f"{i['quantity']} x {i['product_id']} @ {i['unit_price']}" for i in order.get("items", []))
+        fields = [(k, items if k == "items" else str(v)) for k, v in order.items() if k != "order_id"]
+        console.print(_counts_table(f"order view: order {order['order_id']}", fields, ("field", "value")))
     if "recommendations" in s:
-        console.print(_counts_table(f"purchase graph: recommendations for {s['customer_id']}",
-                                    [(str(p), str(n)) for p, n in s["recommendations"]] or [("(none yet)", "")],
-                                    ("product", "co-purchases")))
+        rec = s["recommendations"]
+        rows = [(r["product_id"], str(r["customers"])) for r in rec["recommendations"]] or [("(none yet)", "")]
+        console.print(_counts_table(
+            f"purchase graph: {rec['customer_id']} bought {', '.join(rec['purchased'])}; customers who bought "
+            "those also bought", rows, ("product", "customers")))
     if "clicks" in s:
-        console.print(_counts_table(f"clickstream: {s['user_id']}'s views",
-                                    [(str(c.get("timestamp")), str(c.get("url"))) for c in s["clicks"]],
-                                    ("time", "url")))
-    console.print(_counts_table(f"clickstream: top products on {s.get('day', date.today())}",
-                                [(str(p), str(n)) for p, n in s.get("top_products", [])], ("product", "views")))
+        clicks = s["clicks"]
+        views = clicks["views"]
+        console.print(_counts_table(
+            f"clickstream: {clicks['user_id']}'s page views on {clicks['day']} (last 10 of {len(views)})",
+            [(v["ts"], v["url"]) for v in views[-10:]], ("time", "url")))
+    top = s["top_products"]
+    console.print(_counts_table(f"clickstream: top products on {top['day']}",
+                                [(p["product_id"], str(p["views"])) for p in top["products"]], ("product", "views")))

@@ -56,6 +56,11 @@ class Mix:
     refund: float = 0.05  # a delivered order is refunded
     step_delay: float = 0.2  # seconds between an order's lifecycle steps
     products: int = 50
+    # Visitors come back: a pool of customers, a few of them frequent, so the purchase graph has
+    # customers with several orders (and "also bought" has something to say).
+    customers: int = 200
+    # Popularity is Zipf-shaped (weight of the k-th most popular: 1/k^skew), as on a real shop.
+    popularity_skew: float = 0.8
 
 
 @dataclass
@@ -135,7 +140,7 @@ class LoadGenerator:
         self._lock = threading.Lock()
         self._pending: list[tuple[float, int, Action]] = []  # (due, seq, action) heap of follow-ups
         self._seq = itertools.count()
-        self._users = itertools.count(1)
+        self._weights: dict[int, list[float]] = {}
         self.report = LoadReport(target_rate=0.0)
 
     # -- plumbing ---------------------------------------------------------------------------------------
@@ -172,12 +177,20 @@ class LoadGenerator:
 
     # -- behaviour --------------------------------------------------------------------------------------
 
+    def _skewed(self, n: int) -> int:
+        """1..n, low numbers more likely (Zipf-shaped popularity)."""
+        weights = self._weights.get(n)
+        if weights is None:
+            skew = self.mix.popularity_skew
+            weights = self._weights[n] = list(itertools.accumulate(k**-skew for k in range(1, n + 1)))
+        return self.rng.choices(range(1, n + 1), cum_weights=weights)[0]
+
     def _product(self) -> str:
-        return f"p-{self.rng.randint(1, self.mix.products):04d}"
+        return f"p-{self._skewed(self.mix.products):04d}"
 
     def _visit(self) -> Action:
         """A new visitor's first step: a page view (or a batch), and maybe a purchase later."""
-        user = f"u-{next(self._users)}"
+        user = f"u-{self._skewed(self.mix.customers)}"
         product = self._product()
         buys = self.rng.random() < self.mix.buy
         batch = self.rng.random() < self.mix.batch

@@ -305,6 +305,11 @@ class PurchaseGraphSink(Sink):
         )
         return [(r["product_id"], int(r["n"])) for r in rows]
 
+    def has_product(self, product_id: str) -> bool:
+        """True when `product_id` was ever purchased (a node exists)."""
+        rows = self._read("MATCH (p:$Product {product_id: $product_id}) RETURN count(p) AS n", product_id=product_id)
+        return bool(rows) and int(rows[0]["n"]) > 0
+
     def purchases(self, customer_id: str) -> list[dict[str, Any]]:
         """A customer's purchases (every order line, active or not), by order then product."""
         return self._read(

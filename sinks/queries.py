@@ -180,11 +180,7 @@ def also_bought(models: ReadModels, product_id: str, limit: int = 5) -> dict[str
     """Products bought by the customers who bought `product_id`, most shared first."""
     _check_limit(limit)
     graph = models.purchase_graph
-    # No public "has product" read on the sink yet: ask the graph directly, with the sink's own labels.
-    known = graph._read(
-        "MATCH (p:$Product {product_id: $product_id}) RETURN count(p) AS n", product_id=product_id
-    )
-    if not known or int(known[0]["n"]) == 0:
+    if not graph.has_product(product_id):
         raise NotFound("product", product_id, f"product {product_id!r} has never been purchased")
     rows = graph.also_bought(product_id, limit=limit)
     return {"product_id": product_id, "also_bought": [{"product_id": p, "customers": n} for p, n in rows]}

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # Unpublished backlog gauge refresh; Prometheus exporter port (0: no exporter).
     tailer_backlog_interval_seconds: float = Field(default=10.0, gt=0)
     tailer_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Mark forwarded events published (for the TTL index and the backlog). Off only to measure its cost.
+    tailer_mark_published: bool = True
     # Name of this tailer in leases and logs (default: host:pid).
     tailer_instance_id: str | None = None
 

@@ -419,7 +419,7 @@ class OutboxTailer:
         assert self._books is not None
         # Marking published is MongoDB's slowest write here (~1k documents/s): it runs beside the stream, and
         # the checkpoint moves only after the events before it are marked, so a crash never strands one.
-        self._books.submit(ids, token, self._fence())
+        self._books.submit(ids if self.settings.tailer_mark_published else [], token, self._fence())
         if token is not None:
             self._saved_token = token
             self._last_save = now

@@ -165,7 +165,8 @@ def run_raw(settings: Settings, client: Any, topic: str, args: argparse.Namespac
     for e in events:
         while True:
             try:
-                producer.produce(e.topic, value=e.to_json(), key=e.kafka_key(), headers=e.kafka_headers())
+                headers: list[tuple[str, str | bytes | None]] = list(e.kafka_headers())
+                producer.produce(e.topic, value=e.to_json(), key=e.kafka_key(), headers=headers)
                 break
             except BufferError:
                 producer.poll(0.01)

@@ -48,8 +48,8 @@ class PollingRelay:
             docs = list(self.outbox.find({"published": False}).sort(CREATION_ORDER).limit(self.batch))
             for doc in docs:
                 event = Event.parse(doc)
-                self.producer.produce(event.topic, value=event.to_json(), key=event.kafka_key(),
-                                      headers=event.kafka_headers())
+                headers: list[tuple[str, str | bytes | None]] = list(event.kafka_headers())
+                self.producer.produce(event.topic, value=event.to_json(), key=event.kafka_key(), headers=headers)
                 self.producer.flush(30)
                 acked = time.time()
                 self.outbox.update_one({"_id": doc["_id"]}, {"$set": {"published": True, "published_at": utcnow()}})

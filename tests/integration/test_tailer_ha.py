@@ -39,8 +39,8 @@ def test_standby_takes_over_after_kill9(settings: Settings, mongo: Server, kafka
     procs = [spawn_tailer(settings, [db], tmp_path / f"tail{i}.log", **env) for i in range(2)]
     writer = Writer(client[db].outbox, docs, batch=50, pause=0.02)
     try:
-        holder = wait_for(lambda: (leases.find_one({"_id": f"{db}.outbox"}) or {}).get("owner"), 30,
-                          what="a leader")
+        holder: str = wait_for(lambda: (leases.find_one({"_id": f"{db}.outbox"}) or {}).get("owner", ""), 30,
+                               what="a leader")
         active = next(p for p in procs if holder.endswith(f":{p.pid}"))
         standby = next(p for p in procs if p is not active)
         writer.start()

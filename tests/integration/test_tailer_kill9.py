@@ -45,8 +45,10 @@ def test_kill9_during_stream_loses_nothing(settings: Settings, mongo: Server, ka
         for kill in range(KILLS):
             # Let it make progress, then kill it at a random moment (mid-batch, mid-checkpoint, mid-catch-up).
             published = client[db].outbox.count_documents({"published": True})
-            wait_for(lambda p=published: client[db].outbox.count_documents({"published": True}) > p, 60,
-                     what=f"progress before kill {kill + 1}")
+            def progressed(before: int = published) -> bool:
+                return client[db].outbox.count_documents({"published": True}) > before
+
+            wait_for(progressed, 60, what=f"progress before kill {kill + 1}")
             time.sleep(rng.uniform(0.05, 1.5))
             kill9(proc)
             proc = spawn_tailer(settings, [db], log)

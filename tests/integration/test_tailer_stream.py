@@ -18,6 +18,7 @@ from tests.helpers import unique, wait_for
 from tests.integration.test_tailer_support import (
     TopicReader,
     assert_per_aggregate_order,
+    header_map,
     insert_events,
     make_events,
     spawn_tailer,
@@ -115,7 +116,7 @@ def test_invalid_document_goes_to_dead_letter_topic(settings: Settings, client: 
         while time.monotonic() < deadline:
             msgs = dlq.consumer.consume(10, timeout=0.5)
             if msgs and not msgs[0].error():
-                headers = dict(msgs[0].headers() or [])
+                headers = header_map(msgs[0])
                 assert headers["event_id"] == b"not-a-uuid" and b"event_id" in headers["error"]
                 break
         else:

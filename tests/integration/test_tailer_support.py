@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from pymongo.collection import Collection
 
 from cdc.event import Event, utcnow
@@ -82,6 +82,13 @@ class Writer(threading.Thread):
             raise
 
 
+def header_map(msg: Message) -> dict[str, bytes]:
+    """A record's headers as a dict (bytes values only)."""
+    raw = msg.headers() or []
+    items = list(raw.items()) if isinstance(raw, dict) else list(raw)
+    return {k: v for k, v in items if isinstance(v, bytes)}
+
+
 @dataclass
 class Record:
     partition: int
@@ -115,10 +122,12 @@ class TopicReader:
             for msg in self.consumer.consume(1000, timeout=0.2):
                 if msg.error():
                     continue
-                headers = dict(msg.headers() or [])
-                event = Event.from_json(msg.value())
-                self.records.append(Record(msg.partition(), msg.offset(), msg.key().decode(), event.event_id,
-                                           event.version, headers))
+                headers = header_map(msg)
+                value, key, partition, offset = msg.value(), msg.key(), msg.partition(), msg.offset()
+                assert value is not None and key is not None and partition is not None and offset is not None
+                event = Event.from_json(value)
+                self.records.append(Record(partition, offset, key.decode(), event.event_id, event.version,
+                                           headers))
                 self.ids.add(event.event_id)
 
     def wait_for(self, expected: set[str], timeout: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def test_three_deliveries_and_a_replay_from_zero_leave_the_read_models_unchanged
     workers = [WorkerProcess(name, topics[t], f"{ns}.{name}", ns, tmp_path) for name, t in models.items()]
     try:
         for name, t in models.items():
-            wait_for(lambda n=name, t=t: caught_up(settings, f"{ns}.{n}", topics[t], PARTITIONS), timeout=120,
+            wait_for(partial(caught_up, settings, f"{ns}.{name}", topics[t], PARTITIONS), timeout=120,
                      what=f"{name} caught up")
         once = snapshots(sinks)
         # the order view is exactly the fold; the others are non-empty and checked by their own tests
@@ -82,7 +83,7 @@ def test_three_deliveries_and_a_replay_from_zero_leave_the_read_models_unchanged
             rng.shuffle(again)
             produce(settings, topics[t], sorted(again, key=lambda e: (e.version or 0)))
         for name, t in models.items():
-            wait_for(lambda n=name, t=t: caught_up(settings, f"{ns}.{n}", topics[t], PARTITIONS), timeout=120,
+            wait_for(partial(caught_up, settings, f"{ns}.{name}", topics[t], PARTITIONS), timeout=120,
                      what=f"{name} caught up on the duplicates")
         assert snapshots(sinks) == once
     finally:
@@ -94,7 +95,7 @@ def test_three_deliveries_and_a_replay_from_zero_leave_the_read_models_unchanged
                  for name, t in models.items()]
     try:
         for name, t in models.items():
-            wait_for(lambda n=name, t=t: caught_up(settings, f"{ns}.{n}.replay", topics[t], PARTITIONS),
+            wait_for(partial(caught_up, settings, f"{ns}.{name}.replay", topics[t], PARTITIONS),
                      timeout=120, what=f"{name} replayed")
         assert snapshots(sinks) == once
         for w in replayers:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint up down
+.PHONY: demo test install lint up down bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,3 +31,7 @@ up: $(STAMP)
 
 down: $(STAMP)
 	$(BIN)/cdcflow infra down
+
+bench: $(STAMP)
+	$(BIN)/cdcflow infra up
+	$(BIN)/python bench/update_readme.py

@@ -48,14 +48,25 @@ def ensure_outbox_indexes(outbox: Collection[Document], retention_seconds: int) 
     )
 
 
-def mark_published(outbox: Collection[Document], event_ids: Sequence[str], when: datetime | None = None) -> int:
-    """Mark events published in bulk (after Kafka acknowledged them); returns how many changed."""
+def mark_published(
+    outbox: Collection[Document], event_ids: Sequence[str], when: datetime | None = None, chunk: int = 20
+) -> int:
+    """Mark events published in bulk (after Kafka acknowledged them); returns how many changed.
+
+    One unordered bulk of small `_id $in` updates: SecantusDB spends more per document the more documents one
+    update touches (1,000 ids in one `$in`: ~260 documents/s; chunks of 20 in one bulk: ~2,000/s), and a real
+    MongoDB is as happy with either.
+    """
     if not event_ids:
         return 0
     when = when or utcnow()
+    ids = list(event_ids)
     result = outbox.bulk_write(
-        [UpdateMany({"_id": {"$in": list(event_ids)}, "published": False},
-                    {"$set": {"published": True, "published_at": when}})],
+        [
+            UpdateMany({"_id": {"$in": ids[i : i + chunk]}, "published": False},
+                       {"$set": {"published": True, "published_at": when}})
+            for i in range(0, len(ids), chunk)
+        ],
         ordered=False,
     )
     return result.modified_count

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     tailer_metrics_port: int = Field(default=0, ge=0, le=65535)
     # Mark forwarded events published (for the TTL index and the backlog). Off only to measure its cost.
     tailer_mark_published: bool = True
+    # While a backlog drains, marking published waits up to this long for the stream to go quiet, so that
+    # reading and forwarding get the server first (0: mark as soon as Kafka acknowledged).
+    tailer_mark_defer_seconds: float = Field(default=10.0, ge=0)
     # Name of this tailer in leases and logs (default: host:pid).
     tailer_instance_id: str | None = None
 

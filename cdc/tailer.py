@@ -30,7 +30,7 @@ from typing import Any
 from bson import json_util
 from bson.timestamp import Timestamp
 from confluent_kafka import KafkaException
-from pymongo import MongoClient, UpdateMany
+from pymongo import MongoClient
 from pymongo.change_stream import CollectionChangeStream
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
@@ -38,7 +38,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from cdc.catchup import catch_up
 from cdc.checkpoint import Checkpoint, CheckpointStore, FencedError
 from cdc.errors import CdcError, InvalidEventError
-from cdc.event import H_EVENT_ID, Event, utcnow
+from cdc.event import H_EVENT_ID, Event
 from cdc.lease import Lease, default_instance_id
 from cdc.logs import get_logger
 from cdc.metrics import (
@@ -52,7 +52,7 @@ from cdc.metrics import (
     serve_metrics,
 )
 from cdc.mongo import mongo_client
-from cdc.outbox import backlog
+from cdc.outbox import backlog, mark_published
 from cdc.publisher import AckHook, DeliveryError, InFlight, Publisher, Sent
 from cdc.schemas import dlq_topic
 from cdc.settings import Settings
@@ -131,6 +131,8 @@ class OutboxTailer:
         self._books: _Bookkeeper | None = None
         # After a drop/rename/invalidate the checkpoint's token would replay the same end: catch up instead.
         self._force_catchup = False
+        # When the stream last returned an event: marking published yields to reading while a backlog drains.
+        self.stream_busy_at = 0.0
 
     # -- leadership -------------------------------------------------------------------------------------
 
@@ -331,6 +333,7 @@ class OutboxTailer:
                     raise StreamLost("change stream closed by the server")
                 self._commit(idle_token=stream.resume_token)
                 continue
+            self.stream_busy_at = time.monotonic()
             op = change.get("operationType")
             if op != "insert":
                 raise StreamLost(f"{op} on {self.key}")
@@ -443,28 +446,11 @@ class OutboxTailer:
         self._check_delivery()
 
 
-def mark_published_chunked(outbox: Collection[Document], event_ids: Sequence[str], chunk: int = 20) -> None:
-    """Mark events published, in one unordered bulk of small `_id $in` updates.
-
-    Same effect as `cdc.outbox.mark_published`, shaped for SecantusDB: there a multi-document update costs
-    more per document the more documents it touches (1,000 ids in one `$in`: ~260 docs/s; chunks of 20 in one
-    bulk: ~2,000 docs/s), and only a filter on `_id` alone takes its point-lookup path.
-    """
-    when = utcnow()
-    ids = list(event_ids)
-    outbox.bulk_write(
-        [
-            UpdateMany({"_id": {"$in": ids[i : i + chunk]}}, {"$set": {"published": True, "published_at": when}})
-            for i in range(0, len(ids), chunk)
-        ],
-        ordered=False,
-    )
-
-
 class _Bookkeeper:
     """Marks acknowledged events published, then checkpoints after them, in order, in a thread of its own."""
 
     MAX_IDS = 5000
+    MAX_DEFERRED = 100_000
 
     def __init__(self, tailer: OutboxTailer) -> None:
         self.tailer = tailer
@@ -478,6 +464,41 @@ class _Bookkeeper:
         self._busy.set()
         self.queue.put((ids, token, fence))
 
+    def _coalesce(self, ids: list[str], token: Mapping[str, Any] | None, fence: int, limit: int) -> tuple[
+        list[str], Mapping[str, Any] | None, int, bool
+    ]:
+        """Add what queued up meanwhile (up to `limit` ids), keeping the latest token; True when told to stop."""
+        while len(ids) < limit:
+            try:
+                more = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                return ids, token, fence, True
+            ids = ids + more[0]
+            token, fence = (more[1] or token), more[2]
+        return ids, token, fence, False
+
+    def _defer_while_stream_busy(self, ids: list[str], token: Mapping[str, Any] | None, fence: int) -> tuple[
+        list[str], Mapping[str, Any] | None, int, bool
+    ]:
+        """While a backlog drains (the stream returned an event in the last 50 ms), marking waits, so the
+        server's time goes to reading and forwarding; bounded by `tailer_mark_defer_seconds` and MAX_DEFERRED
+        ids. The checkpoint waits with it, so a crash meanwhile only means more re-sent duplicates."""
+        tailer = self.tailer
+        limit = tailer.settings.tailer_mark_defer_seconds
+        started = time.monotonic()
+        stop = False
+        while (
+            ids and not stop and not tailer.stop.is_set()
+            and time.monotonic() - started < limit
+            and time.monotonic() - tailer.stream_busy_at < 0.05
+            and len(ids) < self.MAX_DEFERRED
+        ):
+            time.sleep(0.01)
+            ids, token, fence, stop = self._coalesce(ids, token, fence, self.MAX_DEFERRED)
+        return ids, token, fence, stop
+
     def _run(self) -> None:
         tailer = self.tailer
         while True:
@@ -486,20 +507,12 @@ class _Bookkeeper:
                 return
             ids, token, fence = item
             # Coalesce what queued up meanwhile into one bulk update (bounded), keep the latest token.
-            stop = False
-            while len(ids) < self.MAX_IDS:
-                try:
-                    more = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                ids = ids + more[0]
-                token, fence = (more[1] or token), more[2]
+            ids, token, fence, stop = self._coalesce(ids, token, fence, self.MAX_IDS)
+            if not stop:
+                ids, token, fence, stop = self._defer_while_stream_busy(ids, token, fence)
             try:
                 if ids:
-                    mark_published_chunked(tailer.outbox, ids)
+                    mark_published(tailer.outbox, ids)
                 if token is not None:
                     tailer.store.save(tailer.key, token, fence, tailer.lease.owner)
             except (PyMongoError, CdcError) as exc:

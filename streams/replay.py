@@ -234,7 +234,9 @@ async def _drain(
     started = time.perf_counter()
     if not todo:
         return
-    consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in sorted(todo.items())])
+    assigned = [TopicPartition(topic, p, start) for p, (start, _) in sorted(todo.items())]
+    consumer.assign(assigned)
+    consumer.resume(assigned)  # a partition paused at the end of an earlier phase stays paused across assign()
     idle_since = time.monotonic()
     try:
         while todo:

@@ -60,7 +60,7 @@ class RichProgress:
 
     def phase(self, name: str, total: int) -> None:
         self._finish()
-        self._task = self._progress.add_task(name, total=total or None)
+        self._task = self._progress.add_task(name, total=max(total, 0))  # 0: done at once, its clock stopped
 
     def advance(self, events: int) -> None:
         if self._task is not None and events:

@@ -297,3 +297,49 @@ def _assert_no_leftovers(settings: Settings, model: str, ns: str, shadow: str, r
             session.cluster.shutdown()
         assert shadow in keyspaces
         assert retired == ns and ns not in keyspaces  # the replaced keyspace was dropped after the grace period
+
+
+def test_rebuild_while_a_live_worker_writes_loses_nothing_and_the_worker_follows_the_swap(
+    settings: Settings, kafka: object, cassandra: object, tmp_path: Path
+) -> None:
+    ns = unique("rbl")
+    topic = f"{ns}_clickstream"
+    group = f"{ns}.clickstream"
+    ensure_topics(settings, [topic], partitions=PARTITIONS)
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def views(start: int, count: int) -> list[Event]:
+        return [page_view(topic, f"u{i % 5}", f"p{i % 7}", now - timedelta(seconds=i))
+                for i in range(start, start + count)]
+
+    produce(settings, topic, views(0, 200))
+    # grace above the sink's pointer cache (5 s): the worker must have moved to the new keyspace before the drop
+    s = settings.model_copy(update={"stream_batch_size": 50, "replay_swap_grace_seconds": 7.0})
+    worker = WorkerProcess("clickstream", topic, group, ns, tmp_path)
+    sink = build_sink("clickstream", s, ns)
+    try:
+        wait_for(lambda: caught_up(settings, group, topic, PARTITIONS), timeout=120, what="live worker caught up")
+
+        class ProduceMeanwhile(WatchLive):
+            def advance(self, events: int) -> None:  # live traffic while the shadow is built
+                if self.current == "rebuild":
+                    self.seen.append(produce(settings, topic, views(1000 + 10 * len(self.seen), 10)))
+
+        meanwhile = ProduceMeanwhile(lambda: None)
+        report = replay(s, "clickstream", None, rebuild=True, topic=topic, namespace=ns, progress=meanwhile)
+        produced_during = sum(meanwhile.seen)
+        assert report.phases[0].events == 200 and produced_during >= 30
+        assert report.phases[1].events == produced_during  # caught up in the shadow before the swap
+        produce(settings, topic, views(5000, 20))  # after the swap: the live worker writes into the new keyspace
+        total = 200 + produced_during + 20
+        wait_for(lambda: caught_up(settings, group, topic, PARTITIONS), timeout=120, what="live worker caught up")
+        fresh = build_sink("clickstream", s, ns)
+        wait_for(lambda: len(fresh.snapshot()["views"]) == total, timeout=30, what="every view in the rebuilt model")
+        assert len({v["event_id"] for v in fresh.snapshot()["views"]}) == total
+        fresh.close()
+        assert worker.alive(), worker.log_text()[-2000:]
+        assert "dead_letter" not in worker.log_text()
+    finally:
+        worker.stop()
+        sink.drop()
+        sink.close()

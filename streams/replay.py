@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
@@ -37,6 +37,7 @@ from sinks.namespaces import shadow_namespace, swap_in
 from sinks.registry import read_model
 from streams.dlq import dead_letter_headers
 from streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord
+from streams.progress import NoProgress, Progress
 
 log = get_logger(__name__)
 
@@ -48,22 +49,6 @@ POLL_SECONDS = 0.5
 
 class ReplayError(CdcError):
     """The replay cannot start or go on (unknown topic, broker error)."""
-
-
-class Progress(Protocol):
-    """Told about a replay's phases and how far each got."""
-
-    def phase(self, name: str, total: int) -> None: ...
-
-    def advance(self, events: int) -> None: ...
-
-
-class _NoProgress:
-    def phase(self, name: str, total: int) -> None:
-        return None
-
-    def advance(self, events: int) -> None:
-        return None
 
 
 def parse_start(text: str) -> datetime | None:
@@ -323,7 +308,7 @@ def replay(
     live_ns = namespace or settings.sink_namespace
     group_id = f"cdcflow.replay.{name}.{uuid.uuid4().hex[:12]}"
     report = ReplayReport(name, topic, live_ns, group_id, start, rebuild)
-    bar: Progress = progress or _NoProgress()
+    bar: Progress = progress or NoProgress()
     reader = TopicReader(settings, topic, group_id)
     dead_letters = KafkaDeadLetterPublisher(settings)
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.collection import Collection
@@ -30,6 +30,7 @@ from cdc.outbox import CREATION_ORDER, OUTBOX_COLLECTION
 from cdc.publisher import InFlight, Publisher, Sent
 from cdc.schemas import TOPIC_ORDERS
 from cdc.settings import Settings
+from streams.progress import NoProgress, Progress
 
 log = get_logger(__name__)
 
@@ -47,22 +48,6 @@ ORDER_SOURCE = "order-service"
 
 class ResnapshotError(CdcError):
     """Events could not be re-emitted (unknown service, Kafka refused or did not acknowledge them)."""
-
-
-class Progress(Protocol):
-    """Told how many events there are (roughly) and how many were acknowledged."""
-
-    def phase(self, name: str, total: int) -> None: ...
-
-    def advance(self, events: int) -> None: ...
-
-
-class _NoProgress:
-    def phase(self, name: str, total: int) -> None:
-        return None
-
-    def advance(self, events: int) -> None:
-        return None
 
 
 @dataclass
@@ -158,7 +143,7 @@ def resnapshot(
     database_name = service_database(settings, service)
     source = ORDER_EVENTS if service == "order" else OUTBOX_COLLECTION
     report = ResnapshotReport(service, database_name, source)
-    bar: Progress = progress or _NoProgress()
+    bar: Progress = progress or NoProgress()
     started = time.perf_counter()
     client = mongo_client(settings)
     publisher = Publisher(settings, source=f"resnapshot-{service}")

@@ -133,6 +133,7 @@ class OutboxTailer:
         self._force_catchup = False
         # When the stream last returned an event: marking published yields to reading while a backlog drains.
         self.stream_busy_at = 0.0
+        self._counters: dict[str, Any] = {}
 
     # -- leadership -------------------------------------------------------------------------------------
 
@@ -361,8 +362,15 @@ class OutboxTailer:
             return False
         entry = Sent(event.event_id, token, wall if isinstance(wall, datetime) else event.occurred_at)
         publisher.send(event, entry, self._inflight, self.on_ack, should_stop=self.stop.is_set)
-        EVENTS.labels("read" if stage == "stream" else stage, self.key).inc()
+        self._counter("read" if stage == "stream" else stage).inc()
         return True
+
+    def _counter(self, stage: str) -> Any:
+        # `labels()` costs more than the increment itself; this runs once per event.
+        child = self._counters.get(stage)
+        if child is None:
+            child = self._counters[stage] = EVENTS.labels(stage, self.key)
+        return child
 
     def _dead_letter(self, doc: Document, token: Document | None, reason: str) -> None:
         publisher = self._publisher

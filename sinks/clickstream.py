@@ -98,6 +98,7 @@ class ClickstreamSink(Sink):
         self._session: Session | None = None
         self._insert_user: PreparedStatement | None = None
         self._insert_product: PreparedStatement | None = None
+        self._insert_visitor: PreparedStatement | None = None
         # The physical keyspace: the namespace, or where a `replay --rebuild` swap pointed it (sinks/namespaces).
         self._keyspace: str | None = None
         self._keyspace_read_at = 0.0
@@ -117,7 +118,7 @@ class ClickstreamSink(Sink):
             with contextlib.suppress(Exception):
                 self._session.cluster.shutdown()
         self._session = None
-        self._insert_user = self._insert_product = None
+        self._insert_user = self._insert_product = self._insert_visitor = None
         self._keyspace = None
 
     def keyspace(self) -> str:
@@ -133,7 +134,7 @@ class ClickstreamSink(Sink):
                     return self._keyspace
                 raise classify_cassandra_error(exc) from exc
             if keyspace != self._keyspace:
-                self._insert_user = self._insert_product = None
+                self._insert_user = self._insert_product = self._insert_visitor = None
             self._keyspace, self._keyspace_read_at = keyspace, time.monotonic()
         return self._keyspace
 
@@ -165,10 +166,15 @@ class ClickstreamSink(Sink):
             "day date, product_id text, event_id uuid, user_id text, ts timestamp, "
             "PRIMARY KEY ((day), product_id, event_id))"
         )
+        # Who has views at all (so a query can tell an unknown user from a quiet day). Written with the view's
+        # time as the write timestamp, so the latest view's TTL wins whatever order events are replayed in.
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {ks}.visitors (user_id text PRIMARY KEY, last_view timestamp)"
+        )
         self._prepare()
 
-    def _prepare(self) -> tuple[PreparedStatement, PreparedStatement]:
-        if self._insert_user is None or self._insert_product is None:
+    def _prepare(self) -> tuple[PreparedStatement, PreparedStatement, PreparedStatement]:
+        if self._insert_user is None or self._insert_product is None or self._insert_visitor is None:
             ks = self.keyspace()
             session = self._connect()
             try:
@@ -181,12 +187,15 @@ class ClickstreamSink(Sink):
                     f"INSERT INTO {ks}.product_views_by_day (day, product_id, event_id, user_id, ts) "
                     "VALUES (?, ?, ?, ?, ?) USING TTL ?"
                 )
+                self._insert_visitor = session.prepare(
+                    f"INSERT INTO {ks}.visitors (user_id, last_view) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"
+                )
             except Exception as exc:
                 err = classify_cassandra_error(exc)
                 if isinstance(err, TransientSinkError):
                     self.close()
                 raise err from exc
-        return self._insert_user, self._insert_product
+        return self._insert_user, self._insert_product, self._insert_visitor
 
     def drop(self) -> None:
         from sinks.namespaces import clear_cassandra_pointer
@@ -196,7 +205,7 @@ class ClickstreamSink(Sink):
         if keyspace != self.namespace:
             self._execute(f"DROP KEYSPACE IF EXISTS {self.namespace}")
             clear_cassandra_pointer(self._connect(), self.name, self.namespace)
-        self._insert_user = self._insert_product = None
+        self._insert_user = self._insert_product = self._insert_visitor = None
         self._keyspace = None
 
     # -- write ----------------------------------------------------------------------------------------
@@ -211,7 +220,7 @@ class ClickstreamSink(Sink):
             except InvalidEventError as exc:
                 raise PermanentSinkError(str(exc), event_id=event.event_id) from exc
         self.keyspace()  # follow a swap (re-prepares when the keyspace changed)
-        insert_user, insert_product = self._prepare()
+        insert_user, insert_product, insert_visitor = self._prepare()
         session = self._connect()
         now = datetime.now(UTC)
         statements: list[tuple[PreparedStatement, tuple[Any, ...]]] = []
@@ -224,6 +233,8 @@ class ClickstreamSink(Sink):
             statements.append(
                 (insert_user, (v.user_id, v.day, v.ts, uid, v.url, v.product_id, v.referrer, ttl))
             )
+            owners.append(v.event_id)
+            statements.append((insert_visitor, (v.user_id, v.ts, ttl, int(v.ts.timestamp() * 1_000_000))))
             owners.append(v.event_id)
             if v.product_id:
                 statements.append((insert_product, (v.day, v.product_id, uid, v.user_id, v.ts, ttl)))
@@ -248,6 +259,11 @@ class ClickstreamSink(Sink):
         raise PermanentSinkError(str(first), event_id=eid)
 
     # -- reads ----------------------------------------------------------------------------------------
+
+    def has_visitor(self, user_id: str) -> bool:
+        """True when `user_id` has a page view within retention."""
+        rows = self._execute(f"SELECT user_id FROM {self.keyspace()}.visitors WHERE user_id = %s", (user_id,))
+        return rows.one() is not None
 
     def views(self, user_id: str, day: date) -> list[PageView]:
         """A user's page views on `day`, oldest first."""

@@ -204,6 +204,9 @@ def clicks(
         day = day or today()
         views = models.clickstream.views(user_id, day)
         window = {"day": day.isoformat()}
+    if not views and not models.clickstream.has_visitor(user_id):
+        # A known user on a quiet day gets an empty list; an unknown one is "not found".
+        raise NotFound("user", user_id, f"user {user_id!r} has no page views in the clickstream")
     return {"user_id": user_id, **window, "views": [v.to_json() for v in views]}
 
 

@@ -101,7 +101,7 @@ def create_app(settings: Settings, namespace: str | None = None) -> FastAPI:
         """Customers who bought this product also bought these."""
         return queries.also_bought(models(request), product_id, limit)
 
-    @app.get("/users/{user_id}/clicks", tags=["clickstream"])
+    @app.get("/users/{user_id}/clicks", tags=["clickstream"], responses={404: {"description": "Unknown user"}})
     def get_clicks(
         request: Request,
         user_id: str,

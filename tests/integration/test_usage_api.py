@@ -60,7 +60,7 @@ def test_clicks_and_top_products(client: TestClient, seeded: Seeded) -> None:
 @pytest.mark.parametrize(
     ("path", "kind"),
     [("/orders/nope", "order"), ("/customers/nobody/recommendations", "customer"),
-     ("/products/pZ/also-bought", "product")],
+     ("/products/pZ/also-bought", "product"), ("/users/nobody/clicks", "user")],
 )
 def test_unknown_ids_are_404_with_a_reason(client: TestClient, path: str, kind: str) -> None:
     r = client.get(path)

@@ -61,6 +61,13 @@ def test_unknown_ids_raise_not_found_with_a_reason(models: ReadModels) -> None:
         queries.recommendations(models, "nobody")
     with pytest.raises(NotFound, match="product 'pZ'"):
         queries.also_bought(models, "pZ")
+    with pytest.raises(NotFound, match="user 'nobody' has no page views"):
+        queries.clicks(models, "nobody")
+
+
+def test_a_known_user_on_a_quiet_day_has_no_clicks_but_is_found(models: ReadModels, seeded: Seeded) -> None:
+    quiet = seeded.day.replace(year=seeded.day.year - 1)
+    assert queries.clicks(models, "u1", day=quiet)["views"] == []
 
 
 def test_recommendations_and_also_bought_come_from_the_graph(models: ReadModels) -> None:
@@ -78,7 +85,8 @@ def test_clicks_by_day_and_by_window(models: ReadModels, seeded: Seeded) -> None
     start = datetime(seeded.day.year, seeded.day.month, seeded.day.day, 12, 1, tzinfo=UTC)
     window = queries.clicks(models, "u1", start=start, end=start + timedelta(days=1))
     assert [v["product_id"] for v in window["views"]] == ["pB", "pA", "pC"]  # crosses midnight
-    assert queries.clicks(models, "someone-else", day=seeded.day)["views"] == []
+    with pytest.raises(NotFound):  # nobody by that id has a page view
+        queries.clicks(models, "someone-else", day=seeded.day)
     with pytest.raises(BadQuery):
         queries.clicks(models, "u1", start=start)  # 'to' missing
     with pytest.raises(BadQuery):
@@ -115,7 +123,7 @@ def test_cli_tables_by_default(seeded: Seeded) -> None:
 
 
 def test_cli_unknown_id_exits_1_with_a_message_on_stderr(seeded: Seeded) -> None:
-    for args in (["order", "nope"], ["recommendations", "nobody"], ["also-bought", "pZ"]):
+    for args in (["order", "nope"], ["recommendations", "nobody"], ["also-bought", "pZ"], ["clicks", "nobody"]):
         code, out, err = cli("query", *args, "--namespace", seeded.namespace)
         assert code == 1, args
         assert err.startswith("error: ") and repr(args[1]) in err, err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -118,7 +117,8 @@ def dlq_list(
             f"{x.source_topic}[{x.source_partition}]@{x.source_offset}",
             x.read_model, x.event_id or "-", x.reason, "yes" if x.replayed else "no",
         )
-    Console(width=int(os.environ.get("COLUMNS", "160"))).print(table)
+    # Piped output (scripts, logs) is not wrapped at 80 columns; a terminal gets its own width.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 @dlq_app.command("replay")

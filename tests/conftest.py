@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from pymongo import MongoClient
 
 from cdc.logs import configure_logging
+from cdc.mongo import mongo_client
 from cdc.settings import Settings, load_settings
 from infra.servers.base import Server
 
@@ -55,6 +58,14 @@ def cassandra(settings: Settings) -> Server:
 def neo4j(settings: Settings) -> Server:
     """The Neo4j server, running and healthy."""
     return _server(settings, "neo4j")
+
+
+@pytest.fixture
+def client(settings: Settings, mongo: Server) -> Iterator[MongoClient[dict[str, Any]]]:
+    """A pooled MongoClient to the test MongoDB (the project's own helper), closed after the test."""
+    c = mongo_client(settings)
+    yield c
+    c.close()
 
 
 @pytest.fixture

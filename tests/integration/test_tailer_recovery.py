@@ -21,14 +21,8 @@ from tests.integration.test_tailer_support import (
     make_events,
 )
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(settings: Settings, mongo: Server, kafka: Server) -> Iterator[MongoClient[Document]]:
-    c = mongo_client(settings)
-    yield c
-    c.close()
+# `client` (a MongoClient) comes from tests/conftest.py; the tailer also needs Kafka up.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka")]
 
 
 @pytest.fixture

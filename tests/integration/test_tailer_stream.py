@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pymongo import MongoClient
 
-from cdc.mongo import mongo_client
 from cdc.outbox import Document
 from cdc.settings import Settings
 from cdc.tailer import Tailer
-from infra.servers.base import Server
 from tests.helpers import unique, wait_for
 from tests.integration.test_tailer_support import (
     TopicReader,
@@ -25,14 +22,8 @@ from tests.integration.test_tailer_support import (
     terminate,
 )
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(settings: Settings, mongo: Server, kafka: Server) -> Iterator[MongoClient[Document]]:
-    c = mongo_client(settings)
-    yield c
-    c.close()
+# `client` (a MongoClient) comes from tests/conftest.py; the tailer also needs Kafka up.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka")]
 
 
 def _checkpoint(client: MongoClient[Document], settings: Settings, db: str) -> Document | None:

@@ -7,12 +7,13 @@ In MongoDB the event id is the outbox document's `_id`; on Kafka the value is th
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_serializer, field_validator
 
 from cdc.errors import InvalidEventError
 
@@ -25,6 +26,11 @@ H_VERSION = "version"
 H_TRACE_ID = "trace_id"
 H_SOURCE = "source_service"
 H_SCHEMA = "schema_version"
+# Event headers repeated as Kafka record headers, in this order, when present.
+FORWARDED_HEADERS = (H_TRACE_ID, H_SOURCE, H_SCHEMA)
+
+# What `str(uuid.UUID(...))` returns; ids already in this form skip building a UUID (the tailer's hot path).
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def utcnow() -> datetime:
@@ -36,7 +42,8 @@ def utcnow() -> datetime:
 class Event(BaseModel):
     """A domain event as written to an outbox and forwarded to Kafka. Immutable."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # allow_inf_nan=False: NaN and infinities are not JSON, so a payload holding one is refused.
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
@@ -45,12 +52,15 @@ class Event(BaseModel):
     type: str = Field(min_length=1, max_length=200)
     version: int | None = Field(default=None, ge=1)
     occurred_at: datetime = Field(default_factory=utcnow)
-    payload: dict[str, Any] = Field(default_factory=dict)
+    # JsonValue is checked by pydantic-core itself: only JSON types (no dates, bytes, ObjectIds, tuples).
+    payload: dict[str, JsonValue] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("event_id")
     @classmethod
     def _uuid(cls, value: str) -> str:
+        if _CANONICAL_UUID.fullmatch(value):
+            return value
         try:
             return str(uuid.UUID(value))
         except (ValueError, AttributeError, TypeError) as exc:
@@ -64,14 +74,9 @@ class Event(BaseModel):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
-    @field_validator("payload")
-    @classmethod
-    def _json_payload(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"payload is not JSON-serialisable: {exc}") from exc
-        return value
+    @field_serializer("occurred_at", when_used="json")
+    def _iso_utc(self, value: datetime) -> str:
+        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     # -- construction ---------------------------------------------------------------------------------
 
@@ -140,14 +145,13 @@ class Event(BaseModel):
         return doc
 
     def to_json(self) -> bytes:
-        """The Kafka value: compact JSON, occurred_at as ISO-8601 UTC."""
-        return json.dumps(self.to_json_dict(), separators=(",", ":"), allow_nan=False).encode()
+        """The Kafka value: compact JSON, occurred_at as ISO-8601 UTC with milliseconds."""
+        # The model's serializer writes bytes directly (model_dump_json would decode them to str first).
+        return self.__pydantic_serializer__.to_json(self)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The event as a JSON-ready dict."""
-        data = self.model_dump(mode="json")
-        data["occurred_at"] = self.occurred_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        return data
+        return self.model_dump(mode="json")
 
     def kafka_key(self) -> bytes:
         """The Kafka key: the aggregate id, so one aggregate's events share a partition."""
@@ -157,10 +161,12 @@ class Event(BaseModel):
         """Kafka record headers: event id, type, version, trace id, source, schema version."""
         headers = [(H_EVENT_ID, self.event_id.encode()), (H_TYPE, self.type.encode())]
         if self.version is not None:
-            headers.append((H_VERSION, str(self.version).encode()))
-        for name in (H_TRACE_ID, H_SOURCE, H_SCHEMA):
-            if name in self.headers:
-                headers.append((name, self.headers[name].encode()))
+            headers.append((H_VERSION, b"%d" % self.version))
+        extra = self.headers
+        for name in FORWARDED_HEADERS:
+            value = extra.get(name)
+            if value is not None:
+                headers.append((name, value.encode()))
         return headers
 
     @property

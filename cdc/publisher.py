@@ -35,7 +35,7 @@ class DeliveryError(CdcError):
     """Kafka refused an event for good; the session restarts from the last checkpoint."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Sent:
     """One event handed to the producer: its resume token, and whether Kafka acknowledged it."""
 
@@ -49,37 +49,36 @@ class Sent:
 
 @dataclass
 class InFlight:
-    """Sent events in stream order; `take_acked_prefix()` yields what may be checkpointed."""
+    """Sent events in stream order; `take_acked_prefix()` yields what may be checkpointed.
+
+    One thread adds and takes (the tailer's), the producer's delivery thread acks. deque appends and pops
+    are atomic and `acked` is set last, so no lock is needed, and none is taken per event."""
 
     entries: deque[Sent] = field(default_factory=deque)
-    lock: threading.Lock = field(default_factory=threading.Lock)
     acked_count: int = 0
     failed: str | None = None
 
     def add(self, entry: Sent) -> None:
-        with self.lock:
-            self.entries.append(entry)
+        self.entries.append(entry)
 
     def ack(self, entry: Sent, error: str | None, when: float) -> None:
-        with self.lock:
-            entry.acked = error is None
-            entry.error = error
-            entry.ack_time = when
-            if error is None:
-                self.acked_count += 1
-            elif self.failed is None:
-                self.failed = error
+        entry.ack_time = when
+        entry.error = error
+        if error is None:
+            self.acked_count += 1  # only the delivery thread writes it
+            entry.acked = True
+        elif self.failed is None:
+            self.failed = error
 
     def __len__(self) -> int:
-        with self.lock:
-            return len(self.entries)
+        return len(self.entries)
 
     def take_acked_prefix(self) -> list[Sent]:
         """Remove and return the longest prefix of acknowledged events (never past an unacknowledged one)."""
         out: list[Sent] = []
-        with self.lock:
-            while self.entries and self.entries[0].acked:
-                out.append(self.entries.popleft())
+        entries = self.entries
+        while entries and entries[0].acked:
+            out.append(entries.popleft())
         return out
 
 
@@ -174,7 +173,8 @@ class Publisher:
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=list(headers), on_delivery=delivered
+                    topic, value=value, key=key, headers=headers if isinstance(headers, list) else list(headers),
+                    on_delivery=delivered,
                 )
                 return True
             except BufferError:

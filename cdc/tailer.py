@@ -56,6 +56,7 @@ from cdc.outbox import backlog, mark_published
 from cdc.publisher import AckHook, DeliveryError, InFlight, Publisher, Sent
 from cdc.schemas import dlq_topic
 from cdc.settings import Settings
+from cdc.stream_reader import ChangeReader, Ended, Idle
 
 Document = dict[str, Any]
 
@@ -67,6 +68,12 @@ PIPELINE: list[Document] = [{"$match": {"operationType": {"$in": ["insert", *LIF
 # Server errors that mean "this resume point is unusable": history lost, fatal stream error, invalid token
 # (bad value, cannot parse, resume from an invalidate), a token of another namespace (SecantusDB: 13).
 UNRESUMABLE_CODES = frozenset({286, 280, 260, 9, 2, 13, 136})
+
+
+# A batch at least this large from the stream means a backlog is draining: marking published waits meanwhile.
+_BACKLOG_CHUNK = 100
+# How long after the last such batch the stream still counts as draining.
+_BACKLOG_WINDOW_SECONDS = 0.5
 
 
 class StreamLost(CdcError):
@@ -129,9 +136,10 @@ class OutboxTailer:
         self._last_save = 0.0
         self._saved_token: Mapping[str, Any] | None = None
         self._books: _Bookkeeper | None = None
+        self._reader: ChangeReader | None = None
         # After a drop/rename/invalidate the checkpoint's token would replay the same end: catch up instead.
         self._force_catchup = False
-        # When the stream last returned an event: marking published yields to reading while a backlog drains.
+        # When the stream last returned a backlog-sized batch: marking published yields to reading meanwhile.
         self.stream_busy_at = 0.0
         self._counters: dict[str, Any] = {}
 
@@ -226,7 +234,10 @@ class OutboxTailer:
                 stream = self._catch_up(stream)
             self._pump(stream)
         finally:
-            if stream is not None:
+            if self._reader is not None:  # it owns the stream: closes it in its own thread
+                self._reader.close()
+                self._reader = None
+            elif stream is not None:
                 with contextlib.suppress(PyMongoError):
                     stream.close()
             self._publisher.close(timeout=5.0)
@@ -284,7 +295,7 @@ class OutboxTailer:
         started = time.monotonic()
         result = catch_up(
             self.outbox,
-            lambda doc, token: self._forward(doc, token, stage="catchup"),
+            self._forward_scanned,
             should_stop=lambda: self.stop.is_set() or not self.lease.held,
             batch_size=self.settings.tailer_batch_size,
         )
@@ -311,6 +322,11 @@ class OutboxTailer:
 
     def _pump(self, stream: CollectionChangeStream[Document]) -> None:
         settings = self.settings
+        reader = self._reader = ChangeReader(
+            stream, max_buffered=2 * settings.tailer_batch_size, name=f"read-{self.key}"
+        ).start()
+        wait = settings.tailer_max_await_ms / 1000
+        read_counter = self._counter("read")
         stall_since: float | None = None
         while not self.stop.is_set():
             if not self.lease.held:
@@ -327,52 +343,65 @@ class OutboxTailer:
                     raise _Reopen("stalled")
                 continue
             stall_since = None
-            change = stream.try_next()
-            if change is None:
-                if not stream.alive:
+            # Per batch, not per event: lease, delivery and commit checks, counters.
+            idle_token: Mapping[str, Any] | None = None
+            read = 0
+            for item in reader.take(settings.tailer_batch_size, wait):
+                if type(item) is Idle:
+                    idle_token = item.token
+                    continue
+                if type(item) is Ended:
                     # SecantusDB ends a filtered stream silently after a drop (no invalidate event).
                     raise StreamLost("change stream closed by the server")
-                self._commit(idle_token=stream.resume_token)
-                continue
-            self.stream_busy_at = time.monotonic()
-            op = change.get("operationType")
-            if op != "insert":
-                raise StreamLost(f"{op} on {self.key}")
-            self._forward(change["fullDocument"], change, stage="stream")
-            self._commit()
+                change: Document = item  # type: ignore[assignment]  # Idle and Ended are handled above
+                if change["operationType"] != "insert":
+                    raise StreamLost(f"{change['operationType']} on {self.key}")
+                idle_token = None  # an Idle token only covers what came before it
+                wall = change.get("wallTime")
+                self._forward(change["fullDocument"], change["_id"], wall if isinstance(wall, datetime) else None)
+                read += 1
+            if read:
+                read_counter.inc(read)
+                if read >= _BACKLOG_CHUNK:
+                    self.stream_busy_at = time.monotonic()
+            self._commit(idle_token=idle_token)
         # Stopping (SIGTERM): flush, checkpoint, return.
         self._drain()
 
     # -- forwarding and bookkeeping ---------------------------------------------------------------------
 
-    def _forward(self, doc: Document, change: Document | None, *, stage: str) -> bool:
-        """Send one outbox document; False when it went to a dead-letter topic (not a valid event)."""
-        publisher = self._publisher
-        assert publisher is not None
-        token = change["_id"] if change is not None else None
-        wall = change.get("wallTime") if change is not None else None
+    def _forward_scanned(self, doc: Document, _token: Document | None) -> bool:
+        """The catch-up scan's sender: waits while too much is in flight (the stream loop checks per batch)."""
         while len(self._inflight) >= self.settings.tailer_max_in_flight and not self.stop.is_set():
             self._check_delivery()
             self._commit()
             time.sleep(0.005)
+        sent = self._forward(doc, None, None)
+        if sent:
+            self._counter("catchup").inc()
+        return sent
+
+    def _forward(self, doc: Document, token: Mapping[str, Any] | None, committed_at: datetime | None) -> bool:
+        """Send one outbox document; False when it went to a dead-letter topic (not a valid event)."""
         try:
             event = Event.parse(doc)
         except InvalidEventError as exc:
             self._dead_letter(doc, token, str(exc))
             return False
-        entry = Sent(event.event_id, token, wall if isinstance(wall, datetime) else event.occurred_at)
+        entry = Sent(event.event_id, token, committed_at or event.occurred_at)
+        publisher = self._publisher
+        assert publisher is not None
         publisher.send(event, entry, self._inflight, self.on_ack, should_stop=self.stop.is_set)
-        self._counter("read" if stage == "stream" else stage).inc()
         return True
 
     def _counter(self, stage: str) -> Any:
-        # `labels()` costs more than the increment itself; this runs once per event.
+        # `labels()` costs more than the increment itself.
         child = self._counters.get(stage)
         if child is None:
             child = self._counters[stage] = EVENTS.labels(stage, self.key)
         return child
 
-    def _dead_letter(self, doc: Document, token: Document | None, reason: str) -> None:
+    def _dead_letter(self, doc: Document, token: Mapping[str, Any] | None, reason: str) -> None:
         publisher = self._publisher
         assert publisher is not None
         topic = doc.get("topic")
@@ -385,7 +414,7 @@ class OutboxTailer:
                    ("source_outbox", self.key.encode())]
         entry = Sent(event_id, token, None)
         publisher.produce(target, value, None, headers, entry, self._inflight, None, self.stop.is_set)
-        EVENTS.labels("dead_lettered", self.key).inc()
+        self._counter("dead_lettered").inc()
 
     def _check_delivery(self) -> None:
         publisher = self._publisher
@@ -413,12 +442,12 @@ class OutboxTailer:
             tokens = [e.token for e in acked if e.token is not None]
             token = tokens[-1] if tokens else None
             self.forwarded += len(acked)
-            EVENTS.labels("forwarded", self.key).inc(len(acked))
+            self._counter("forwarded").inc(len(acked))
             BATCH_SIZE.labels(self.key).observe(len(acked))
-            hist = LATENCY.labels(self.key)
-            for e in acked:
-                if e.committed_at is not None:
-                    hist.observe(max(0.0, e.ack_time - e.committed_at.timestamp()))
+            LATENCY.observe_many(
+                self.key,
+                [max(0.0, e.ack_time - e.committed_at.timestamp()) for e in acked if e.committed_at is not None],
+            )
         heartbeat_due = now - self._last_save >= self.settings.tailer_heartbeat_seconds
         if idle_token is not None and len(self._inflight) == 0 and (acked or heartbeat_due):
             # Nothing in flight and the batch is drained: the post-batch token covers everything read.
@@ -490,17 +519,18 @@ class _Bookkeeper:
     def _defer_while_stream_busy(self, ids: list[str], token: Mapping[str, Any] | None, fence: int) -> tuple[
         list[str], Mapping[str, Any] | None, int, bool
     ]:
-        """While a backlog drains (the stream returned an event in the last 50 ms), marking waits, so the
-        server's time goes to reading and forwarding; bounded by `tailer_mark_defer_seconds` and MAX_DEFERRED
-        ids. The checkpoint waits with it, so a crash meanwhile only means more re-sent duplicates."""
+        """While a backlog drains (a large batch came from the stream in the last 0.5 s), marking and
+        checkpointing wait, so the server's time goes to reading and forwarding (on SecantusDB each write also
+        costs a scan of its retryable-write records); bounded by `tailer_mark_defer_seconds` and MAX_DEFERRED
+        ids. A crash meanwhile only means more re-sent duplicates."""
         tailer = self.tailer
         limit = tailer.settings.tailer_mark_defer_seconds
         started = time.monotonic()
         stop = False
         while (
-            ids and not stop and not tailer.stop.is_set()
+            (ids or token is not None) and not stop and not tailer.stop.is_set()
             and time.monotonic() - started < limit
-            and time.monotonic() - tailer.stream_busy_at < 0.05
+            and time.monotonic() - tailer.stream_busy_at < _BACKLOG_WINDOW_SECONDS
             and len(ids) < self.MAX_DEFERRED
         ):
             time.sleep(0.01)

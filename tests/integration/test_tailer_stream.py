@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
 from cdc.outbox import Document
@@ -147,5 +150,62 @@ def test_sigterm_flushes_checkpoints_and_exits_zero(
     finally:
         if proc.poll() is None:
             proc.kill()
+        reader.close()
+        client.drop_database(db)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _scrape(port: int, source: str) -> dict[str, float]:
+    """The exporter's samples of one outbox, as {name or name:label_value: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("source") != source:
+                continue
+            extra = [v for k, v in sorted(sample.labels.items()) if k not in ("source", "le")]
+            le = sample.labels.get("le")
+            name = ":".join([sample.name, *extra] + ([f"le={le}"] if le else []))
+            samples[name] = sample.value
+    return samples
+
+
+def test_prometheus_metrics_of_a_running_tailer(
+    settings: Settings, client: MongoClient[Document], tmp_path: Path
+) -> None:
+    db, topic = unique("tail_metrics"), unique("tail_topic")
+    docs = make_events(topic, aggregates=5, per_aggregate=20)
+    key, port = f"{db}.outbox", _free_port()
+    reader = TopicReader(settings, topic)
+    proc = spawn_tailer(settings, [db], tmp_path / "tail.log", CDCFLOW_TAILER_METRICS_PORT=str(port),
+                        CDCFLOW_TAILER_BACKLOG_INTERVAL_SECONDS="0.5")
+    try:
+        wait_for(lambda: (_checkpoint(client, settings, db) or {}).get("token"), 60, what="first checkpoint")
+        insert_events(client[db].outbox, docs, batch=10)
+        reader.wait_for({d["_id"] for d in docs}, timeout=60)
+
+        def settled() -> dict[str, float] | None:
+            m = _scrape(port, key)
+            done = m.get("cdcflow_events_total:forwarded") == len(docs) and m.get("cdcflow_outbox_unpublished") == 0
+            return m if done else None
+
+        m = wait_for(settled, 60, interval=0.5, what="forwarded count and an empty backlog in the metrics")
+        assert m["cdcflow_events_total:read"] == len(docs)
+        # Every event's outbox -> Kafka latency is in the histogram, with plausible values.
+        assert m["cdcflow_outbox_to_kafka_latency_seconds_count"] == len(docs)
+        assert 0 < m["cdcflow_outbox_to_kafka_latency_seconds_sum"] < 60 * len(docs)
+        assert m["cdcflow_outbox_to_kafka_latency_seconds_bucket:le=+Inf"] == len(docs)
+        assert m["cdcflow_tailer_batch_size_sum"] == len(docs) and m["cdcflow_tailer_batch_size_count"] >= 1
+        assert m["cdcflow_tailer_leader"] == 1 and m["cdcflow_tailer_in_flight"] == 0
+        assert 0 <= m["cdcflow_tailer_checkpoint_age_seconds"] < 60
+        assert m["cdcflow_tailer_stream_restarts_total:catchup"] == 1  # the first start had no checkpoint
+    finally:
+        terminate(proc)
         reader.close()
         client.drop_database(db)

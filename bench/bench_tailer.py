@@ -225,7 +225,7 @@ def side_by_side(settings: Settings, client: Any, topic: str, args: argparse.Nam
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20000, help="backlog size for the tailer and raw limits")
-    parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds of the tailer and the bare read")
+    parser.add_argument("--rounds", type=int, default=5, help="side-by-side rounds of the tailer and the bare read")
     parser.add_argument("--polling-events", type=int, default=2000, help="backlog size for the polling relay")
     parser.add_argument("--rate", type=float, default=100.0, help="steady rate (events/s) for latency")
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of the steady phase")

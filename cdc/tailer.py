@@ -70,9 +70,11 @@ PIPELINE: list[Document] = [{"$match": {"operationType": {"$in": ["insert", *LIF
 UNRESUMABLE_CODES = frozenset({286, 280, 260, 9, 2, 13, 136})
 
 
-# A batch at least this large from the stream means a backlog is draining: marking published waits meanwhile.
-_BACKLOG_CHUNK = 100
-# How long after the last such batch the stream still counts as draining.
+# A change read more than this long after its commit means a backlog is draining (also without wallTime: a
+# batch of at least _BACKLOG_CHUNK changes); marking published and checkpointing wait meanwhile.
+_BACKLOG_LAG_SECONDS = 0.5
+_BACKLOG_CHUNK = 500
+# How long after the last sign of a backlog the tailer still counts as draining.
 _BACKLOG_WINDOW_SECONDS = 0.5
 
 
@@ -139,8 +141,8 @@ class OutboxTailer:
         self._reader: ChangeReader | None = None
         # After a drop/rename/invalidate the checkpoint's token would replay the same end: catch up instead.
         self._force_catchup = False
-        # When the stream last returned a backlog-sized batch: marking published yields to reading meanwhile.
-        self.stream_busy_at = 0.0
+        # When the tailer last read a change of a backlog: marking published yields to reading meanwhile.
+        self.draining_at = 0.0
         self._counters: dict[str, Any] = {}
 
     # -- leadership -------------------------------------------------------------------------------------
@@ -346,6 +348,7 @@ class OutboxTailer:
             # Per batch, not per event: lease, delivery and commit checks, counters.
             idle_token: Mapping[str, Any] | None = None
             read = 0
+            wall: Any = None
             for item in reader.take(settings.tailer_batch_size, wait):
                 if type(item) is Idle:
                     idle_token = item.token
@@ -362,8 +365,10 @@ class OutboxTailer:
                 read += 1
             if read:
                 read_counter.inc(read)
-                if read >= _BACKLOG_CHUNK:
-                    self.stream_busy_at = time.monotonic()
+                if read >= _BACKLOG_CHUNK or (
+                    isinstance(wall, datetime) and time.time() - wall.timestamp() > _BACKLOG_LAG_SECONDS
+                ):
+                    self.draining_at = time.monotonic()
             self._commit(idle_token=idle_token)
         # Stopping (SIGTERM): flush, checkpoint, return.
         self._drain()
@@ -376,6 +381,7 @@ class OutboxTailer:
             self._check_delivery()
             self._commit()
             time.sleep(0.005)
+        self.draining_at = time.monotonic()
         sent = self._forward(doc, None, None)
         if sent:
             self._counter("catchup").inc()
@@ -516,13 +522,13 @@ class _Bookkeeper:
             token, fence = (more[1] or token), more[2]
         return ids, token, fence, False
 
-    def _defer_while_stream_busy(self, ids: list[str], token: Mapping[str, Any] | None, fence: int) -> tuple[
+    def _defer_while_draining(self, ids: list[str], token: Mapping[str, Any] | None, fence: int) -> tuple[
         list[str], Mapping[str, Any] | None, int, bool
     ]:
-        """While a backlog drains (a large batch came from the stream in the last 0.5 s), marking and
-        checkpointing wait, so the server's time goes to reading and forwarding (on SecantusDB each write also
-        costs a scan of its retryable-write records); bounded by `tailer_mark_defer_seconds` and MAX_DEFERRED
-        ids. A crash meanwhile only means more re-sent duplicates."""
+        """While a backlog drains (see `_BACKLOG_LAG_SECONDS`), marking and checkpointing wait, so the server's
+        time goes to reading and forwarding (on SecantusDB each write also costs a scan of its retryable-write
+        records); bounded by `tailer_mark_defer_seconds` and MAX_DEFERRED ids. A crash meanwhile only means
+        more re-sent duplicates."""
         tailer = self.tailer
         limit = tailer.settings.tailer_mark_defer_seconds
         started = time.monotonic()
@@ -530,7 +536,7 @@ class _Bookkeeper:
         while (
             (ids or token is not None) and not stop and not tailer.stop.is_set()
             and time.monotonic() - started < limit
-            and time.monotonic() - tailer.stream_busy_at < _BACKLOG_WINDOW_SECONDS
+            and time.monotonic() - tailer.draining_at < _BACKLOG_WINDOW_SECONDS
             and len(ids) < self.MAX_DEFERRED
         ):
             time.sleep(0.01)
@@ -547,7 +553,7 @@ class _Bookkeeper:
             # Coalesce what queued up meanwhile into one bulk update (bounded), keep the latest token.
             ids, token, fence, stop = self._coalesce(ids, token, fence, self.MAX_IDS)
             if not stop:
-                ids, token, fence, stop = self._defer_while_stream_busy(ids, token, fence)
+                ids, token, fence, stop = self._defer_while_draining(ids, token, fence)
             try:
                 if ids:
                     mark_published(tailer.outbox, ids)

@@ -22,7 +22,8 @@ from typing import Any
 from pymongo.change_stream import CollectionChangeStream
 from pymongo.errors import PyMongoError
 
-Document = dict[str, Any]
+# A change event as the stream decodes it (the tailer asks for RawBSONDocument).
+Change = Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +43,17 @@ class _Failed:
     error: BaseException
 
 
-Item = Document | Idle | Ended
+Item = Change | Idle | Ended
 
 
 class ChangeReader:
     """Prefetches `stream` in a daemon thread; `take()` hands out what is ready, in order."""
 
-    def __init__(self, stream: CollectionChangeStream[Document], *, max_buffered: int, name: str) -> None:
+    def __init__(self, stream: CollectionChangeStream[Any], *, max_buffered: int, name: str) -> None:
         self._stream = stream
         self._max = max(1, max_buffered)
         # deque appends and pops are atomic: the two Events only wake whoever waits on an empty/full buffer.
-        self._buffer: deque[Document | Idle | Ended | _Failed] = deque()
+        self._buffer: deque[Change | Idle | Ended | _Failed] = deque()
         self._ready = threading.Event()
         self._space = threading.Event()
         self._stopping = False
@@ -62,7 +63,7 @@ class ChangeReader:
         self._thread.start()
         return self
 
-    def _push(self, item: Document | Idle | Ended | _Failed) -> None:
+    def _push(self, item: Change | Idle | Ended | _Failed) -> None:
         self._buffer.append(item)
         if not self._ready.is_set():
             self._ready.set()

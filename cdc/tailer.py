@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bson import decode as decode_bson
 from bson import json_util
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from confluent_kafka import KafkaException
 from pymongo import MongoClient
@@ -121,6 +123,11 @@ class OutboxTailer:
         self.database = database
         self.key = f"{database}.{settings.tailer_collection}"
         self.outbox: Collection[Document] = client[database][settings.tailer_collection]
+        # The stream yields RawBSONDocument: the reader thread then only splits each batch and reads the change's
+        # envelope, so it asks for the next batch sooner; the outbox document is decoded where it is forwarded.
+        self._changes: Collection[RawBSONDocument] = self.outbox.with_options(
+            codec_options=self.outbox.codec_options.with_options(document_class=RawBSONDocument)
+        )
         state = client[settings.tailer_state_database]
         self.store = CheckpointStore(state["checkpoints"])
         self.lease = Lease(state["leases"], self.key, instance_id, settings.tailer_lease_ttl_seconds)
@@ -225,7 +232,7 @@ class OutboxTailer:
         self._inflight = InFlight()
         self._saved_token = None
         self._books = _Bookkeeper(self)
-        stream: CollectionChangeStream[Document] | None = None
+        stream: CollectionChangeStream[RawBSONDocument] | None = None
         try:
             checkpoint = self.store.load(self.key)
             if self._force_catchup:
@@ -246,15 +253,15 @@ class OutboxTailer:
             self._books.close()
             IN_FLIGHT.labels(self.key).set(0)
 
-    def _watch(self, **kwargs: Any) -> CollectionChangeStream[Document]:
-        return self.outbox.watch(
+    def _watch(self, **kwargs: Any) -> CollectionChangeStream[RawBSONDocument]:
+        return self._changes.watch(
             PIPELINE,
             batch_size=self.settings.tailer_batch_size,
             max_await_time_ms=self.settings.tailer_max_await_ms,
             **kwargs,
         )
 
-    def _open(self, checkpoint: Checkpoint) -> tuple[CollectionChangeStream[Document], bool]:
+    def _open(self, checkpoint: Checkpoint) -> tuple[CollectionChangeStream[RawBSONDocument], bool]:
         """The stream to read, and whether the catch-up scan must run first."""
         try:
             if checkpoint.token is not None:
@@ -287,7 +294,7 @@ class OutboxTailer:
         ts = first.get("ts") if first else None
         return ts if isinstance(ts, Timestamp) else None
 
-    def _catch_up(self, stream: CollectionChangeStream[Document]) -> CollectionChangeStream[Document]:
+    def _catch_up(self, stream: CollectionChangeStream[RawBSONDocument]) -> CollectionChangeStream[RawBSONDocument]:
         """With the new stream open, publish every unpublished event, then go on from the stream's start."""
         RESTARTS.labels(self.key, "catchup").inc()
         start_token = stream.resume_token
@@ -322,12 +329,13 @@ class OutboxTailer:
             return self._watch()
         return self._watch(resume_after=start_token)
 
-    def _pump(self, stream: CollectionChangeStream[Document]) -> None:
+    def _pump(self, stream: CollectionChangeStream[RawBSONDocument]) -> None:
         settings = self.settings
         reader = self._reader = ChangeReader(
             stream, max_buffered=2 * settings.tailer_batch_size, name=f"read-{self.key}"
         ).start()
         wait = settings.tailer_max_await_ms / 1000
+        codec_options = self.outbox.codec_options
         read_counter = self._counter("read")
         stall_since: float | None = None
         while not self.stop.is_set():
@@ -356,12 +364,13 @@ class OutboxTailer:
                 if type(item) is Ended:
                     # SecantusDB ends a filtered stream silently after a drop (no invalidate event).
                     raise StreamLost("change stream closed by the server")
-                change: Document = item  # type: ignore[assignment]  # Idle and Ended are handled above
+                change: RawBSONDocument = item  # type: ignore[assignment]  # Idle and Ended are handled above
                 if change["operationType"] != "insert":
                     raise StreamLost(f"{change['operationType']} on {self.key}")
                 idle_token = None  # an Idle token only covers what came before it
                 wall = change.get("wallTime")
-                self._forward(change["fullDocument"], change["_id"], wall if isinstance(wall, datetime) else None)
+                doc: Document = decode_bson(change["fullDocument"].raw, codec_options)
+                self._forward(doc, change["_id"], wall if isinstance(wall, datetime) else None)
                 read += 1
             if read:
                 read_counter.inc(read)

@@ -50,7 +50,10 @@ def test_broker_restart_mid_stream(settings: Settings, mongo: Server,
         server.ensure_running()
         writer.join(120)
         assert writer.error is None
-        reader.wait_for({d["_id"] for d in docs}, timeout=180)
+        outbox = tailer.outboxes[0]
+        reader.wait_for({d["_id"] for d in docs}, timeout=180, diagnose=lambda: (
+            f"tailer forwarded (acked) {outbox.forwarded}, in flight {len(outbox._inflight)}, sessions "
+            f"{outbox.sessions}, published {client[db].outbox.count_documents({'published': True})}"))
         assert published < len(docs) and before is not None
         assert tailer.stop(60)
         reader.poll(0.5)

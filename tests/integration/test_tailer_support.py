@@ -10,12 +10,13 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from pymongo.collection import Collection
 
 from cdc.event import Event, utcnow
@@ -130,15 +131,29 @@ class TopicReader:
                                            headers))
                 self.ids.add(event.event_id)
 
-    def wait_for(self, expected: set[str], timeout: float) -> None:
-        """Until every expected id was read; fails at the deadline with how many are missing."""
+    def wait_for(self, expected: set[str], timeout: float, diagnose: Callable[[], str] | None = None) -> None:
+        """Until every expected id was read; fails at the deadline with how many are missing, the topic's
+        end offsets (records on the broker, read or not) and `diagnose()` (e.g. the tailer's counts)."""
         deadline = time.monotonic() + timeout
         while not expected <= self.ids:
             if time.monotonic() > deadline:
                 missing = expected - self.ids
+                ends = self.end_offsets()
                 raise AssertionError(f"{len(missing)} of {len(expected)} events missing on Kafka after "
-                                     f"{timeout:.0f}s, e.g. {sorted(missing)[:3]}")
+                                     f"{timeout:.0f}s, e.g. {sorted(missing)[:3]}; read {len(self.records)} "
+                                     f"records, end offsets {ends} (sum {sum(ends.values())})"
+                                     + (f"; {diagnose()}" if diagnose else ""))
             self.poll(0.5)
+
+    def end_offsets(self) -> dict[int, int]:
+        """The high watermark of each partition (-1 when the broker does not answer)."""
+        out: dict[int, int] = {}
+        for tp in self.consumer.assignment():
+            try:
+                out[tp.partition] = self.consumer.get_watermark_offsets(tp, timeout=5)[1]
+            except KafkaException:
+                out[tp.partition] = -1
+        return out
 
     def close(self) -> None:
         self.consumer.close()

@@ -1,7 +1,8 @@
-"""Small test helpers: waiting on a condition with a deadline, unique names."""
+"""Small test helpers: waiting on a condition with a deadline, unique names, a free port."""
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -27,3 +28,11 @@ def wait_for(
 def unique(prefix: str = "t") -> str:
     """A short unique name for a test's own topics, databases, keyspaces."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -16,6 +16,7 @@ from infra import stack
 from infra.process import pid_alive
 from infra.servers.base import ServerStatus
 from infra.smoke import ROUND_TRIPS
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -74,16 +75,10 @@ def test_whole_stack_stays_under_6_gib(all_up: list[ServerStatus]) -> None:
     assert total_kib < 6 * 1024 * 1024, f"servers use {total_kib / 1024 / 1024:.2f} GiB"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 def test_down_stops_only_ours_and_status_reports_down(tmp_path: Path) -> None:
     # A private stack configuration (own data dir and port) so the shared servers stay up.
-    env = {"CDCFLOW_DATA_DIR": str(tmp_path), "CDCFLOW_MONGO_PORT": str(_free_port())}
+    env = {"CDCFLOW_DATA_DIR": str(tmp_path), "CDCFLOW_MONGO_PORT": str(free_port())}
     up = run_cli("infra", "up", "mongo", "--json", env=env)
     assert up.returncode == 0, up.stderr
     pid = json.loads(up.stdout)[0]["pid"]
@@ -106,7 +101,7 @@ def test_down_stops_only_ours_and_status_reports_down(tmp_path: Path) -> None:
 
 
 def test_unreachable_mongo_uri_is_one_clear_line(tmp_path: Path) -> None:
-    env = {"CDCFLOW_DATA_DIR": str(tmp_path), "MONGO_URI": f"mongodb://127.0.0.1:{_free_port()}/?directConnection=true"}
+    env = {"CDCFLOW_DATA_DIR": str(tmp_path), "MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"}
     result = run_cli("infra", "up", "mongo", env=env, timeout=60)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -133,8 +128,8 @@ def test_missing_java_is_one_clear_line(tmp_path: Path) -> None:
     bare.mkdir()
     env = {
         "CDCFLOW_DATA_DIR": str(tmp_path),
-        "CDCFLOW_KAFKA_PORT": str(_free_port()),
-        "CDCFLOW_KAFKA_CONTROLLER_PORT": str(_free_port()),
+        "CDCFLOW_KAFKA_PORT": str(free_port()),
+        "CDCFLOW_KAFKA_CONTROLLER_PORT": str(free_port()),
         "PATH": str(bare),
     }
     result = run_cli("infra", "up", "kafka", env=env, timeout=60)

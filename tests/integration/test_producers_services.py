@@ -4,7 +4,6 @@ service, snapshots against a full replay, and the load generator."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ from producers.order_state import (
     ShipOrder,
     TransitionError,
 )
-from tests.helpers import unique, wait_for
+from tests.helpers import free_port, unique, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -339,12 +338,6 @@ def test_state_from_snapshot_and_tail_equals_full_replay(
 # -- the load generator ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 @pytest.fixture
 def served(svc_settings: Settings) -> Iterator[Targets]:
@@ -352,7 +345,7 @@ def served(svc_settings: Settings) -> Iterator[Targets]:
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
     urls: dict[str, str] = {}
     for name, factory in FACTORIES.items():
-        port = _free_port()
+        port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(
                 factory(s), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +13,7 @@ from pymongo import MongoClient
 from cdc.outbox import Document
 from cdc.settings import Settings
 from cdc.tailer import Tailer
-from tests.helpers import unique, wait_for
+from tests.helpers import free_port, unique, wait_for
 from tests.integration.test_tailer_support import (
     TopicReader,
     assert_per_aggregate_order,
@@ -154,11 +153,6 @@ def test_sigterm_flushes_checkpoints_and_exits_zero(
         client.drop_database(db)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def _scrape(port: int, source: str) -> dict[str, float]:
     """The exporter's samples of one outbox, as {name or name:label_value: value}."""
@@ -181,7 +175,7 @@ def test_prometheus_metrics_of_a_running_tailer(
 ) -> None:
     db, topic = unique("tail_metrics"), unique("tail_topic")
     docs = make_events(topic, aggregates=5, per_aggregate=20)
-    key, port = f"{db}.outbox", _free_port()
+    key, port = f"{db}.outbox", free_port()
     reader = TopicReader(settings, topic)
     proc = spawn_tailer(settings, [db], tmp_path / "tail.log", CDCFLOW_TAILER_METRICS_PORT=str(port),
                         CDCFLOW_TAILER_BACKLOG_INTERVAL_SECONDS="0.5")

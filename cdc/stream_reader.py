@@ -1,29 +1,34 @@
-"""Reads a change stream one batch ahead, in a thread of its own.
+"""Reads a change stream through the tailer's fetcher process (`cdc.fetcher`).
 
-A change stream's getMore is synchronous: read in the forwarding loop, MongoDB would sit idle while the tailer
-forwards a batch, and the tailer would sit idle while MongoDB builds the next one. The reader keeps up to
-`max_buffered` changes ready, so both sides work at once. The stream belongs to the reader's thread from
-`start()` on (pymongo cursors are not thread-safe); `close()` stops it and closes the stream there.
-
-What `take()` returns keeps the stream's order: changes, `Idle` markers (an empty getMore, with the post-batch
-resume token that covers every change before it), and finally `Ended` (the server closed the stream) or the
-stream's exception, raised in the caller's thread.
+`Fetcher` owns the process (started on first use, started again if it died) and opens one stream at a time
+on it; `RemoteStream` hands out the stream's replies in order; `ChangeReader` turns them into what the
+tailer forwards: changes (`RawBSONDocument`, the outbox document still undecoded), `Idle` markers (an empty
+batch, with the post-batch resume token that covers every change before it), and finally `Ended` (the server
+closed the stream). A failure is raised in the caller's thread as the error the driver would have raised
+there (`OperationFailure` with the server's code, `AutoReconnect`, ...), so resume logic stays the same.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections import deque
-from collections.abc import Mapping
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from pymongo.change_stream import CollectionChangeStream
-from pymongo.errors import PyMongoError
+import bson
+from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
+from pymongo.errors import AutoReconnect, OperationFailure, PyMongoError
 
-# A change event as the stream decodes it (the tailer asks for RawBSONDocument).
-Change = Mapping[str, Any]
+from cdc import frames
+from cdc.errors import CdcError
+from cdc.logs import get_logger
+
+# A change event, still raw.
+Change = RawBSONDocument
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,82 +44,235 @@ class Ended:
 
 
 @dataclass(frozen=True, slots=True)
-class _Failed:
-    error: BaseException
+class Batch:
+    """One reply of the stream: its changes, in order, and its post-batch resume token."""
+
+    changes: list[Change]
+    token: Mapping[str, Any] | None
 
 
 Item = Change | Idle | Ended
 
 
+class FetcherError(CdcError):
+    """The fetcher process failed (exited, did not answer, or hit an unexpected error)."""
+
+
+class BatchSource(Protocol):
+    """Where `ChangeReader` gets replies from (a `RemoteStream`)."""
+
+    def next_batch(self, timeout: float) -> Batch | Ended | None:
+        """The next reply; None when none arrived within `timeout` seconds; raises the stream's error."""
+
+
 class ChangeReader:
-    """Prefetches `stream` in a daemon thread; `take()` hands out what is ready, in order."""
+    """Changes, Idle and Ended markers from `source`, in the stream's order, up to `limit` at a time."""
 
-    def __init__(self, stream: CollectionChangeStream[Any], *, max_buffered: int, name: str) -> None:
-        self._stream = stream
-        self._max = max(1, max_buffered)
-        # deque appends and pops are atomic: the two Events only wake whoever waits on an empty/full buffer.
-        self._buffer: deque[Change | Idle | Ended | _Failed] = deque()
-        self._ready = threading.Event()
-        self._space = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> ChangeReader:
-        self._thread.start()
-        return self
-
-    def _push(self, item: Change | Idle | Ended | _Failed) -> None:
-        self._buffer.append(item)
-        if not self._ready.is_set():
-            self._ready.set()
-
-    def _run(self) -> None:
-        stream = self._stream
-        try:
-            while not self._stopping:
-                if len(self._buffer) >= self._max:
-                    self._space.clear()
-                    if len(self._buffer) >= self._max:
-                        self._space.wait(0.1)
-                    continue
-                change = stream.try_next()
-                if change is not None:
-                    self._push(change)
-                    continue
-                self._push(Idle(stream.resume_token))
-                if not stream.alive:
-                    self._push(Ended())
-                    return
-        except BaseException as exc:  # handed to the caller's thread, which decides what it means
-            self._push(_Failed(exc))
-        finally:
-            with contextlib.suppress(PyMongoError):
-                stream.close()
+    def __init__(self, source: BatchSource) -> None:
+        self._source = source
+        self._pending: list[Change] = []
+        self._at = 0
 
     def take(self, limit: int, timeout: float) -> list[Item]:
-        """Up to `limit` items, waiting up to `timeout` seconds when none is ready; raises the stream's error."""
-        buffer = self._buffer
-        if not buffer:
-            self._ready.clear()
-            if not buffer:
-                self._ready.wait(timeout)
-        out: list[Item] = []
-        popleft = buffer.popleft
-        for _ in range(min(limit, len(buffer))):
-            item = popleft()
-            if type(item) is _Failed:
-                if out:  # hand out what came before it first; the reader has stopped, so it stays last
-                    buffer.appendleft(item)
-                    break
-                raise item.error
-            out.append(item)  # type: ignore[arg-type]  # _Failed was just excluded
-        if out and not self._space.is_set():
-            self._space.set()
-        return out
+        """Up to `limit` items, waiting up to `timeout` seconds for a reply when none is pending."""
+        if self._at >= len(self._pending):
+            got = self._source.next_batch(timeout)
+            if got is None:
+                return []
+            if type(got) is Ended:
+                return [got]
+            assert isinstance(got, Batch)
+            if not got.changes:
+                return [Idle(got.token)]
+            self._pending, self._at = got.changes, 0
+        start = self._at
+        self._at = min(len(self._pending), start + limit)
+        return list(self._pending[start : self._at])
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop reading and close the stream (in the reader's thread, after its current getMore)."""
-        self._stopping = True
-        self._space.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+
+def _raise_error(payload: bytes) -> None:
+    error = bson.decode(payload)
+    kind, message = error.get("kind"), str(error.get("message", "unknown error"))
+    if kind == "operation":
+        raise OperationFailure(message, error.get("code"), error.get("details") or None)
+    if kind == "connection":
+        raise AutoReconnect(message)
+    if kind == "driver":
+        raise PyMongoError(message)
+    raise FetcherError(f"change-stream fetcher failed: {message}")
+
+
+class RemoteStream:
+    """One change stream running in the fetcher; replies come in order through its pipe."""
+
+    def __init__(self, fetcher: Fetcher, first: Batch) -> None:
+        self._fetcher = fetcher
+        self._first: Batch | None = first
+        self._done: Ended | None = None
+        self.start_token = first.token
+        self.closed = False
+
+    def next_batch(self, timeout: float) -> Batch | Ended | None:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        if self._done is not None:
+            return self._done
+        frame = self._fetcher.read(timeout)
+        if frame is None:
+            return None
+        kind, payload = frame
+        if kind == frames.BATCH:
+            return _batch(payload)
+        if kind == frames.ENDED:
+            self._done = Ended()
+            return self._done
+        if kind == frames.ERROR:
+            _raise_error(payload)
+        raise FetcherError(f"change-stream fetcher sent an unexpected frame {kind!r}")
+
+    def close(self) -> None:
+        """Stop the stream in the fetcher (kills its cursor); what it still sent is discarded."""
+        if not self.closed:
+            self.closed = True
+            self._fetcher.close_stream()
+
+
+def _batch(reply_bytes: bytes) -> Batch:
+    cursor = RawBSONDocument(reply_bytes)["cursor"]
+    changes = cursor.get("nextBatch")
+    if changes is None:
+        changes = cursor.get("firstBatch", [])
+    return Batch(changes, cursor.get("postBatchResumeToken"))
+
+
+class Fetcher:
+    """The fetcher process of one outbox tailer; one stream open at a time."""
+
+    # Longest wait for the fetcher to answer OPEN (server selection included) or CLOSE (a getMore's await).
+    ANSWER_SECONDS = 60.0
+
+    def __init__(self, uri: str, options: Mapping[str, Any], *, name: str) -> None:
+        self._hello = bson.encode({"uri": uri, "options": dict(options)})
+        self._name = name
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stream: RemoteStream | None = None
+        self._log = get_logger("cdc.fetcher", outbox=name)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def start(self) -> None:
+        """Start the process now (it imports and connects while the tailer takes its lease)."""
+        self._ensure_started()
+
+    def _ensure_started(self) -> subprocess.Popen[bytes]:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            return proc
+        if proc is not None:
+            self._log.warning("change-stream fetcher exited; starting a new one", exit_code=proc.returncode)
+            self._discard()
+        proc = self._proc = subprocess.Popen(
+            [sys.executable, "-m", "cdc.fetcher"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            close_fds=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        frames.widen(proc.stdout.fileno())
+        self._send(frames.HELLO, self._hello)
+        self._log.info("change-stream fetcher started", pid=proc.pid)
+        return proc
+
+    def _send(self, kind: bytes, payload: bytes = b"") -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        try:
+            frames.write_frame(proc.stdin.fileno(), kind, payload)
+        except frames.PipeClosed as exc:
+            self._discard()
+            raise FetcherError(f"change-stream fetcher is gone: {exc}") from exc
+
+    def read(self, timeout: float) -> tuple[bytes, bytes] | None:
+        """The next frame from the fetcher, or None after `timeout` seconds; FetcherError if it is gone."""
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            raise FetcherError("change-stream fetcher is not running")
+        try:
+            return frames.read_frame(proc.stdout.fileno(), timeout)
+        except (frames.PipeClosed, OSError) as exc:
+            self._discard()
+            raise FetcherError(f"change-stream fetcher is gone: {exc}") from exc
+
+    def open(
+        self,
+        database: str,
+        collection: str,
+        pipeline: Sequence[Mapping[str, Any]],
+        *,
+        batch_size: int,
+        max_await_ms: int,
+        resume_after: Mapping[str, Any] | None = None,
+        start_at: Timestamp | None = None,
+    ) -> RemoteStream:
+        """Open a change stream (closing the one before, if any); raises what `watch()` would raise."""
+        if self._stream is not None:
+            self._stream.close()
+        self._ensure_started()
+        spec: dict[str, Any] = {"database": database, "collection": collection, "pipeline": list(pipeline),
+                                "batch_size": batch_size, "max_await_ms": max_await_ms}
+        if resume_after is not None:
+            spec["resume_after"] = resume_after
+        if start_at is not None:
+            spec["start_at"] = start_at
+        self._send(frames.OPEN, bson.encode(spec))
+        frame = self.read(self.ANSWER_SECONDS)
+        if frame is None:
+            self._discard()
+            raise FetcherError(f"change-stream fetcher did not answer within {self.ANSWER_SECONDS:.0f}s")
+        kind, payload = frame
+        if kind != frames.BATCH:
+            self.close_stream()
+            if kind == frames.ERROR:
+                _raise_error(payload)
+            raise FetcherError(f"change-stream fetcher answered {kind!r} to OPEN")
+        self._stream = RemoteStream(self, _batch(payload))
+        return self._stream
+
+    def close_stream(self) -> None:
+        """Tell the fetcher to stop its stream and wait for its answer, discarding what comes before it."""
+        self._stream = None
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        try:
+            self._send(frames.CLOSE)
+            deadline = time.monotonic() + self.ANSWER_SECONDS
+            while (left := deadline - time.monotonic()) > 0:
+                frame = self.read(left)
+                if frame is not None and frame[0] == frames.CLOSED:
+                    return
+        except FetcherError:
+            return
+        self._log.warning("change-stream fetcher did not close its stream; stopping it")
+        self._discard()
+
+    def _discard(self) -> None:
+        """Stop the process (if it still runs) and forget it; the next open starts a new one."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for pipe in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                if pipe is not None:
+                    pipe.close()
+        try:
+            proc.wait(timeout=5)  # it exits on its own once stdin closes
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def stop(self) -> None:
+        """Close the stream and let the process exit."""
+        if self._stream is not None:
+            self._stream.close()
+        self._discard()

@@ -17,7 +17,6 @@ in one process (`cdcflow tail`, or in-process from tests and the benchmark). For
 
 from __future__ import annotations
 
-import contextlib
 import json
 import queue
 import threading
@@ -29,11 +28,9 @@ from typing import Any
 
 from bson import decode as decode_bson
 from bson import json_util
-from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from confluent_kafka import KafkaException
 from pymongo import MongoClient
-from pymongo.change_stream import CollectionChangeStream
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -53,12 +50,12 @@ from cdc.metrics import (
     RESTARTS,
     serve_metrics,
 )
-from cdc.mongo import mongo_client
+from cdc.mongo import client_options, mongo_client
 from cdc.outbox import backlog, mark_published
 from cdc.publisher import AckHook, DeliveryError, InFlight, Publisher, Sent
 from cdc.schemas import dlq_topic
 from cdc.settings import Settings
-from cdc.stream_reader import ChangeReader, Ended, Idle
+from cdc.stream_reader import Change, ChangeReader, Ended, Fetcher, Idle, RemoteStream
 
 Document = dict[str, Any]
 
@@ -123,11 +120,8 @@ class OutboxTailer:
         self.database = database
         self.key = f"{database}.{settings.tailer_collection}"
         self.outbox: Collection[Document] = client[database][settings.tailer_collection]
-        # The stream yields RawBSONDocument: the reader thread then only splits each batch and reads the change's
-        # envelope, so it asks for the next batch sooner; the outbox document is decoded where it is forwarded.
-        self._changes: Collection[RawBSONDocument] = self.outbox.with_options(
-            codec_options=self.outbox.codec_options.with_options(document_class=RawBSONDocument)
-        )
+        # The stream's getMores run in a process of their own (see cdc.fetcher), which outlives sessions.
+        self._fetcher = Fetcher(settings.mongo_uri, client_options(settings), name=self.key)
         state = client[settings.tailer_state_database]
         self.store = CheckpointStore(state["checkpoints"])
         self.lease = Lease(state["leases"], self.key, instance_id, settings.tailer_lease_ttl_seconds)
@@ -145,17 +139,28 @@ class OutboxTailer:
         self._last_save = 0.0
         self._saved_token: Mapping[str, Any] | None = None
         self._books: _Bookkeeper | None = None
-        self._reader: ChangeReader | None = None
         # After a drop/rename/invalidate the checkpoint's token would replay the same end: catch up instead.
         self._force_catchup = False
         # When the tailer last read a change of a backlog: marking published yields to reading meanwhile.
         self.draining_at = 0.0
         self._counters: dict[str, Any] = {}
 
+    @property
+    def fetcher_pid(self) -> int | None:
+        """The pid of this outbox's change-stream fetcher process, while it runs."""
+        return self._fetcher.pid
+
     # -- leadership -------------------------------------------------------------------------------------
 
     def run(self) -> None:
         """Standby until the lease is ours, lead until it is lost or `stop` is set; repeat."""
+        try:
+            self._fetcher.start()
+            self._run()
+        finally:
+            self._fetcher.stop()
+
+    def _run(self) -> None:
         backoff = _Backoff()
         while not self.stop.is_set():
             try:
@@ -232,36 +237,31 @@ class OutboxTailer:
         self._inflight = InFlight()
         self._saved_token = None
         self._books = _Bookkeeper(self)
-        stream: CollectionChangeStream[RawBSONDocument] | None = None
         try:
             checkpoint = self.store.load(self.key)
             if self._force_catchup:
-                stream, need_catchup = self._watch(), True
+                opened, need_catchup = self._watch(), True
             else:
-                stream, need_catchup = self._open(checkpoint)
-            if need_catchup:
-                stream = self._catch_up(stream)
-            self._pump(stream)
+                opened, need_catchup = self._open(checkpoint)
+            self._pump(self._catch_up(opened) if need_catchup else opened)
         finally:
-            if self._reader is not None:  # it owns the stream: closes it in its own thread
-                self._reader.close()
-                self._reader = None
-            elif stream is not None:
-                with contextlib.suppress(PyMongoError):
-                    stream.close()
+            self._fetcher.close_stream()
             self._publisher.close(timeout=5.0)
             self._books.close()
             IN_FLIGHT.labels(self.key).set(0)
 
-    def _watch(self, **kwargs: Any) -> CollectionChangeStream[RawBSONDocument]:
-        return self._changes.watch(
+    def _watch(self, resume_after: Mapping[str, Any] | None = None, start_at: Timestamp | None = None) -> RemoteStream:
+        return self._fetcher.open(
+            self.database,
+            self.settings.tailer_collection,
             PIPELINE,
             batch_size=self.settings.tailer_batch_size,
-            max_await_time_ms=self.settings.tailer_max_await_ms,
-            **kwargs,
+            max_await_ms=self.settings.tailer_max_await_ms,
+            resume_after=resume_after,
+            start_at=start_at,
         )
 
-    def _open(self, checkpoint: Checkpoint) -> tuple[CollectionChangeStream[RawBSONDocument], bool]:
+    def _open(self, checkpoint: Checkpoint) -> tuple[RemoteStream, bool]:
         """The stream to read, and whether the catch-up scan must run first."""
         try:
             if checkpoint.token is not None:
@@ -275,7 +275,7 @@ class OutboxTailer:
                                      start_at=str(checkpoint.start_at), oplog_start=str(floor))
                     return self._watch(), True
                 RESTARTS.labels(self.key, "start_at").inc()
-                return self._watch(start_at_operation_time=checkpoint.start_at), False
+                return self._watch(start_at=checkpoint.start_at), False
             self.log.info("no checkpoint: starting with the catch-up scan")
             return self._watch(), True
         except OperationFailure as exc:
@@ -294,13 +294,15 @@ class OutboxTailer:
         ts = first.get("ts") if first else None
         return ts if isinstance(ts, Timestamp) else None
 
-    def _catch_up(self, stream: CollectionChangeStream[RawBSONDocument]) -> CollectionChangeStream[RawBSONDocument]:
+    def _catch_up(self, stream: RemoteStream) -> RemoteStream | None:
         """With the new stream open, publish every unpublished event, then go on from the stream's start."""
         RESTARTS.labels(self.key, "catchup").inc()
-        start_token = stream.resume_token
-        if start_token is None:  # no post-batch token from the server: read it from a first (empty) batch
-            stream.try_next()
-            start_token = stream.resume_token
+        start_token = stream.start_token
+        if start_token is None:
+            raise CdcError("the server sent no postBatchResumeToken (MongoDB 4.0.7 or later is needed)")
+        # Only the stream's starting point is needed: the scan runs without it, and the stream is opened again
+        # from that point afterwards (a resume checks the oplog window; an idle open cursor would not).
+        stream.close()
         started = time.monotonic()
         result = catch_up(
             self.outbox,
@@ -312,32 +314,28 @@ class OutboxTailer:
         if not self.lease.held:
             raise _LeaseLost("lease lost during catch-up")
         if self.stop.is_set():
-            return stream  # not complete: no checkpoint, the next start catches up again
-        if start_token is not None:
-            self.store.save(self.key, start_token, self._fence(), self.lease.owner)
-            self._saved_token = start_token
-            self._last_save = time.monotonic()
+            return None  # not complete: no checkpoint, the next start catches up again
+        self.store.save(self.key, start_token, self._fence(), self.lease.owner)
+        self._saved_token = start_token
+        self._last_save = time.monotonic()
         self.catchups += 1
         self._force_catchup = False
         self.log.warning("catch-up scan done", published=result.sent, dead_lettered=result.dead_lettered,
                          seconds=round(time.monotonic() - started, 3))
-        # The cursor sat still during the scan; SecantusDB does not report history pruned under an open
-        # cursor, so continue from its starting token (a resume checks the oplog window) rather than from it.
-        with contextlib.suppress(PyMongoError):
-            stream.close()
-        if start_token is None:
-            return self._watch()
         return self._watch(resume_after=start_token)
 
-    def _pump(self, stream: CollectionChangeStream[RawBSONDocument]) -> None:
+    def _pump(self, stream: RemoteStream | None) -> None:
+        if stream is None:
+            return
         settings = self.settings
-        reader = self._reader = ChangeReader(
-            stream, max_buffered=2 * settings.tailer_batch_size, name=f"read-{self.key}"
-        ).start()
+        reader = ChangeReader(stream)
         wait = settings.tailer_max_await_ms / 1000
         codec_options = self.outbox.codec_options
         read_counter = self._counter("read")
         stall_since: float | None = None
+        # The latest Idle token with no change after it: it stays valid until a change arrives, so a commit
+        # that the commit interval skipped now still gets it later.
+        idle_token: Mapping[str, Any] | None = None
         while not self.stop.is_set():
             if not self.lease.held:
                 raise _LeaseLost("lease expired")
@@ -354,7 +352,6 @@ class OutboxTailer:
                 continue
             stall_since = None
             # Per batch, not per event: lease, delivery and commit checks, counters.
-            idle_token: Mapping[str, Any] | None = None
             read = 0
             wall: Any = None
             for item in reader.take(settings.tailer_batch_size, wait):
@@ -364,7 +361,7 @@ class OutboxTailer:
                 if type(item) is Ended:
                     # SecantusDB ends a filtered stream silently after a drop (no invalidate event).
                     raise StreamLost("change stream closed by the server")
-                change: RawBSONDocument = item  # type: ignore[assignment]  # Idle and Ended are handled above
+                change: Change = item  # type: ignore[assignment]  # Idle and Ended are handled above
                 if change["operationType"] != "insert":
                     raise StreamLost(f"{change['operationType']} on {self.key}")
                 idle_token = None  # an Idle token only covers what came before it

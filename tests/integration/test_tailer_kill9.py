@@ -1,4 +1,5 @@
-"""kill -9 the tailer at random moments while services write: every event reaches Kafka, in order."""
+"""kill -9 the tailer, or its change-stream fetcher, at random moments while services write: every event
+reaches Kafka, in order, and no fetcher outlives its tailer."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ import pytest
 
 from cdc.mongo import mongo_client
 from cdc.settings import Settings
+from cdc.tailer import Tailer
 from infra.servers.base import Server
 from tests.helpers import unique, wait_for
 from tests.integration.test_tailer_support import (
     TopicReader,
     Writer,
     assert_per_aggregate_order,
+    fetcher_pids,
     kill9,
     make_events,
+    running,
     spawn_tailer,
     terminate,
 )
@@ -63,9 +67,50 @@ def test_kill9_during_stream_loses_nothing(settings: Settings, mongo: Server, ka
         # Nothing stays unpublished once the last tailer drained (the catch-up scan or stream marked them).
         wait_for(lambda: client[db].outbox.count_documents({"published": False}) == 0, 30,
                  what="all outbox documents marked published")
+        # Each tailer started a fetcher; the killed ones' fetchers saw their stdin close and exited too.
+        pids = fetcher_pids(log)
+        assert len(pids) >= KILLS + 1
+        wait_for(lambda: not [p for p in pids if running(p)], 15, what="no fetcher outliving its tailer")
     finally:
         if proc.poll() is None:
             proc.kill()
+        reader.close()
+        client.drop_database(db)
+        client.close()
+
+
+def test_kill9_of_the_fetcher_loses_nothing(settings: Settings, mongo: Server, kafka: Server) -> None:
+    db, topic = unique("tail_kfetch"), unique("tail_topic")
+    client = mongo_client(settings)
+    docs = make_events(topic, aggregates=50, per_aggregate=60)
+    reader = TopicReader(settings, topic)
+    writer = Writer(client[db].outbox, docs, batch=50, pause=0.01)
+    tailer = Tailer(settings, [db], client=client).start()
+    outbox = tailer.outboxes[0]
+    killed: list[int] = []
+    try:
+        writer.start()
+        for kill in range(3):
+            before = outbox.forwarded
+
+            def progressed(before: int = before) -> bool:
+                return outbox.forwarded > before and outbox.fetcher_pid is not None
+
+            wait_for(progressed, 60, what=f"progress before fetcher kill {kill + 1}")
+            pid = outbox.fetcher_pid
+            assert pid is not None and pid not in killed
+            os.kill(pid, 9)
+            killed.append(pid)
+        writer.join(timeout=120)
+        assert writer.error is None and writer.written == len(docs)
+        reader.wait_for({d["_id"] for d in docs}, timeout=120)
+        reader.poll(1.0)
+        assert_per_aggregate_order(reader.records)
+        # A session that lost its fetcher mid-stream ended; the next open started a new fetcher.
+        assert outbox.sessions >= 2
+        assert outbox.fetcher_pid is not None and outbox.fetcher_pid not in killed
+    finally:
+        assert tailer.stop(30)
         reader.close()
         client.drop_database(db)
         client.close()

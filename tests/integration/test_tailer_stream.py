@@ -44,8 +44,9 @@ def test_backlog_then_stream_then_resume(settings: Settings, client: MongoClient
         insert_events(client[db_a].outbox, during_a, batch=7)
         insert_events(client[db_b].outbox, during_b, batch=13)
         reader.wait_for({d["_id"] for d in before + during_a + during_b}, timeout=60)
+        # No checkpoint: the backlog came from the catch-up scan (which ends once its events are marked).
+        wait_for(lambda: tailer.outboxes[0].catchups == 1, 30, what="the catch-up scan to finish")
         assert tailer.stop(30), "tailer did not stop cleanly"
-        assert tailer.outboxes[0].catchups == 1  # no checkpoint: the backlog came from the catch-up scan
 
         # Everything acknowledged is marked published, and the checkpoint moved past it.
         for db in (db_a, db_b):

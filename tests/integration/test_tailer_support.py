@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -211,3 +213,22 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=timeout)
+
+
+def fetcher_pids(log: Path) -> set[int]:
+    """Pids of the change-stream fetchers that the tailers logging to `log` started."""
+    pids: set[int] = set()
+    for line in log.read_text(errors="replace").splitlines():
+        if "change-stream fetcher started" in line:
+            with contextlib.suppress(ValueError):
+                pids.add(int(json.loads(line)["pid"]))
+    return pids
+
+
+def running(pid: int) -> bool:
+    """True while `pid` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -1,113 +1,125 @@
-"""The read-ahead thread of the tailer: order, markers, errors and back-pressure (a scripted fake stream)."""
+"""The tailer's side of the change-stream fetcher: frames over a pipe, replies turned into items in order,
+and the fetcher's errors raised again as the driver's (pure logic: a scripted reply source, an os.pipe)."""
 
 from __future__ import annotations
 
+import os
 import threading
-import time
-from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
+import bson
 import pytest
-from pymongo.change_stream import CollectionChangeStream
-from pymongo.errors import OperationFailure
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import AutoReconnect, OperationFailure
 
-from cdc.stream_reader import ChangeReader, Ended, Idle, Item
-from tests.helpers import wait_for
+from cdc import frames
+from cdc.fetcher import _error_frame
+from cdc.stream_reader import Batch, ChangeReader, Ended, FetcherError, Idle, _batch, _raise_error
 
 
-class ScriptedStream:
-    """Returns its script one step per try_next: a change (dict), None (empty batch), or an exception."""
+def change(i: int) -> RawBSONDocument:
+    return RawBSONDocument(bson.encode({"_id": {"_data": f"t{i}"}, "operationType": "insert",
+                                        "fullDocument": {"i": i}}))
 
-    def __init__(self, script: list[Any], *, alive_after: bool = True) -> None:
+
+class ScriptedSource:
+    """Hands out its script one reply per next_batch: a Batch, Ended, None (nothing yet) or an exception."""
+
+    def __init__(self, script: list[Any]) -> None:
         self.script = list(script)
-        self.alive_after = alive_after
         self.calls = 0
-        self.closed = threading.Event()
-        self.resume_token: dict[str, Any] | None = {"_data": "0"}
 
-    @property
-    def alive(self) -> bool:
-        return bool(self.script) or self.alive_after
-
-    def try_next(self) -> dict[str, Any] | None:
+    def next_batch(self, timeout: float) -> Batch | Ended | None:
         self.calls += 1
         if not self.script:
-            time.sleep(0.01)
             return None
         step = self.script.pop(0)
         if isinstance(step, BaseException):
             raise step
-        if step is None:
-            self.resume_token = {"_data": f"pb{self.calls}"}
-            return None
-        self.resume_token = step["_id"]
-        return cast(dict[str, Any], step)
-
-    def close(self) -> None:
-        self.closed.set()
+        return step  # type: ignore[no-any-return]
 
 
-def change(i: int) -> dict[str, Any]:
-    return {"_id": {"_data": f"t{i}"}, "operationType": "insert", "fullDocument": {"i": i}}
-
-
-def reader(stream: ScriptedStream, max_buffered: int = 100) -> ChangeReader:
-    return ChangeReader(cast(CollectionChangeStream[dict[str, Any]], stream), max_buffered=max_buffered,
-                        name="test-reader").start()
-
-
-def drain(r: ChangeReader, until: int, timeout: float = 5.0) -> Iterator[Item]:
-    deadline = time.monotonic() + timeout
-    got = 0
-    while got < until:
-        assert time.monotonic() < deadline, f"only {got} of {until} items"
-        for item in r.take(1000, 0.05):
-            got += 1
-            yield item
+def ids(items: list[Any]) -> list[Any]:
+    return [i["_id"]["_data"] if isinstance(i, RawBSONDocument) else i for i in items]
 
 
 def test_changes_and_idle_markers_keep_stream_order() -> None:
-    stream = ScriptedStream([change(1), change(2), None, change(3)])
-    r = reader(stream)
-    items = list(drain(r, 4))
-    r.close()
-    assert items[:2] == [change(1), change(2)]
-    assert items[2] == Idle({"_data": "pb3"})  # the post-batch token as of the empty batch
-    assert items[3] == change(3)
-    assert stream.closed.is_set()
+    r = ChangeReader(ScriptedSource([Batch([change(1), change(2)], {"_data": "pb1"}), Batch([], {"_data": "pb2"}),
+                                     Batch([change(3)], {"_data": "pb3"}), Ended()]))
+    assert ids(r.take(1000, 0)) == ["t1", "t2"]
+    assert r.take(1000, 0) == [Idle({"_data": "pb2"})]  # an empty batch: its post-batch token
+    assert ids(r.take(1000, 0)) == ["t3"]
+    assert r.take(1000, 0) == [Ended()]
 
 
-def test_server_closing_the_stream_ends_with_ended() -> None:
-    stream = ScriptedStream([change(1)], alive_after=False)
-    r = reader(stream)
-    items = list(drain(r, 3))
-    assert items[0] == change(1) and isinstance(items[1], Idle) and isinstance(items[2], Ended)
-    r.close()
+def test_take_splits_a_batch_at_the_limit_without_fetching_more() -> None:
+    source = ScriptedSource([Batch([change(i) for i in range(5)], None), Batch([change(5)], None)])
+    r = ChangeReader(source)
+    assert ids(r.take(2, 0)) == ["t0", "t1"]
+    assert ids(r.take(2, 0)) == ["t2", "t3"]
+    assert ids(r.take(2, 0)) == ["t4"]
+    assert source.calls == 1  # the rest of a batch is handed out before the next reply is read
+    assert ids(r.take(2, 0)) == ["t5"]
 
 
-def test_error_is_raised_after_the_changes_before_it() -> None:
-    stream = ScriptedStream([change(1), change(2), OperationFailure("history lost", code=286)])
-    r = reader(stream)
-    wait_for(lambda: stream.closed.is_set(), timeout=5, what="reader stopped on the error")
-    assert r.take(1000, 0.1) == [change(1), change(2)]
-    with pytest.raises(OperationFailure, match="history lost"):
-        r.take(1000, 0.1)
-    r.close()
+def test_nothing_yet_is_an_empty_list_and_errors_surface_in_order() -> None:
+    r = ChangeReader(ScriptedSource([None, Batch([change(1)], None), OperationFailure("history lost", code=286)]))
+    assert r.take(1000, 0) == []
+    assert ids(r.take(1000, 0)) == ["t1"]
+    with pytest.raises(OperationFailure, match="history lost") as info:
+        r.take(1000, 0)
+    assert info.value.code == 286
 
 
-def test_reads_ahead_at_most_max_buffered() -> None:
-    stream = ScriptedStream([change(i) for i in range(50)])
-    r = reader(stream, max_buffered=10)
-    wait_for(lambda: stream.calls >= 10, timeout=5, what="reader filled its buffer")
-    time.sleep(0.2)  # give an unbounded reader the time to overrun
-    assert stream.calls == 10
-    items = list(drain(r, 50))
-    assert items == [change(i) for i in range(50)]
-    r.close()
+def test_a_reply_becomes_a_batch_with_its_post_batch_token() -> None:
+    first = bson.encode({"cursor": {"id": bson.Int64(7), "firstBatch": [], "postBatchResumeToken": {"_data": "a"}},
+                         "ok": 1.0})
+    batch = _batch(first)
+    assert batch.changes == [] and dict(batch.token or {}) == {"_data": "a"}
+    more = bson.encode({"cursor": {"id": bson.Int64(7), "nextBatch": [{"_id": {"_data": "t1"}}]}, "ok": 1.0})
+    batch = _batch(more)
+    assert ids(batch.changes) == ["t1"] and batch.token is None
 
 
-def test_close_stops_the_thread_and_closes_the_stream() -> None:
-    stream = ScriptedStream([])
-    r = reader(stream)
-    r.close(timeout=5)
-    assert stream.closed.is_set()
+def test_fetcher_errors_come_back_as_the_drivers() -> None:
+    failure = OperationFailure("Resume of change stream was not possible", 286,
+                               {"ok": 0.0, "errmsg": "Resume of change stream was not possible", "code": 286,
+                                "errorLabels": ["NonResumableChangeStreamError"]})
+    with pytest.raises(OperationFailure) as info:
+        _raise_error(_error_frame(failure))
+    assert info.value.code == 286
+    assert info.value.has_error_label("NonResumableChangeStreamError")
+    with pytest.raises(AutoReconnect, match="connection refused"):
+        _raise_error(_error_frame(AutoReconnect("127.0.0.1:1: connection refused")))
+    with pytest.raises(FetcherError, match="ValueError: bad"):
+        _raise_error(_error_frame(ValueError("bad")))
+
+
+def test_frames_cross_a_pipe_whole_and_reading_times_out() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        assert frames.read_frame(read_fd, timeout=0.05) is None
+        big = os.urandom(3 * 65536 + 17)  # larger than a default pipe: the reader must loop
+
+        def write() -> None:
+            frames.write_frame(write_fd, frames.BATCH, big)
+            frames.write_frame(write_fd, frames.CLOSED)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert frames.read_frame(read_fd, timeout=5) == (frames.BATCH, big)
+        assert frames.read_frame(read_fd, timeout=5) == (frames.CLOSED, b"")
+        writer.join(5)
+    finally:
+        os.close(write_fd)
+    with pytest.raises(frames.PipeClosed):
+        frames.read_frame(read_fd, timeout=1)
+    os.close(read_fd)
+
+
+def test_writing_to_a_closed_pipe_is_pipe_closed() -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    with pytest.raises(frames.PipeClosed):
+        frames.write_frame(write_fd, frames.BATCH, b"x")
+    os.close(write_fd)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bson import decode as decode_bson
 from bson import json_util
 from bson.timestamp import Timestamp
 from confluent_kafka import KafkaException
@@ -259,6 +258,7 @@ class OutboxTailer:
             max_await_ms=self.settings.tailer_max_await_ms,
             resume_after=resume_after,
             start_at=start_at,
+            codec_options=self.outbox.codec_options,
         )
 
     def _open(self, checkpoint: Checkpoint) -> tuple[RemoteStream, bool]:
@@ -330,7 +330,6 @@ class OutboxTailer:
         settings = self.settings
         reader = ChangeReader(stream)
         wait = settings.tailer_max_await_ms / 1000
-        codec_options = self.outbox.codec_options
         read_counter = self._counter("read")
         stall_since: float | None = None
         # The latest Idle token with no change after it: it stays valid until a change arrives, so a commit
@@ -366,7 +365,7 @@ class OutboxTailer:
                     raise StreamLost(f"{change['operationType']} on {self.key}")
                 idle_token = None  # an Idle token only covers what came before it
                 wall = change.get("wallTime")
-                doc: Document = decode_bson(change["fullDocument"].raw, codec_options)
+                doc: Document = change["fullDocument"]
                 self._forward(doc, change["_id"], wall if isinstance(wall, datetime) else None)
                 read += 1
             if read:

@@ -9,17 +9,18 @@ from typing import Any
 
 import bson
 import pytest
-from bson.raw_bson import RawBSONDocument
+from bson.codec_options import CodecOptions
 from pymongo.errors import AutoReconnect, OperationFailure
 
 from cdc import frames
 from cdc.fetcher import _error_frame
 from cdc.stream_reader import Batch, ChangeReader, Ended, FetcherError, Idle, _batch, _raise_error
 
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
 
-def change(i: int) -> RawBSONDocument:
-    return RawBSONDocument(bson.encode({"_id": {"_data": f"t{i}"}, "operationType": "insert",
-                                        "fullDocument": {"i": i}}))
+
+def change(i: int) -> dict[str, Any]:
+    return {"_id": {"_data": f"t{i}"}, "operationType": "insert", "fullDocument": {"i": i}}
 
 
 class ScriptedSource:
@@ -40,7 +41,7 @@ class ScriptedSource:
 
 
 def ids(items: list[Any]) -> list[Any]:
-    return [i["_id"]["_data"] if isinstance(i, RawBSONDocument) else i for i in items]
+    return [i["_id"]["_data"] if isinstance(i, dict) else i for i in items]
 
 
 def test_changes_and_idle_markers_keep_stream_order() -> None:
@@ -74,10 +75,10 @@ def test_nothing_yet_is_an_empty_list_and_errors_surface_in_order() -> None:
 def test_a_reply_becomes_a_batch_with_its_post_batch_token() -> None:
     first = bson.encode({"cursor": {"id": bson.Int64(7), "firstBatch": [], "postBatchResumeToken": {"_data": "a"}},
                          "ok": 1.0})
-    batch = _batch(first)
-    assert batch.changes == [] and dict(batch.token or {}) == {"_data": "a"}
+    batch = _batch(first, CODEC)
+    assert batch.changes == [] and batch.token == {"_data": "a"}
     more = bson.encode({"cursor": {"id": bson.Int64(7), "nextBatch": [{"_id": {"_data": "t1"}}]}, "ok": 1.0})
-    batch = _batch(more)
+    batch = _batch(more, CODEC)
     assert ids(batch.changes) == ["t1"] and batch.token is None
 
 

@@ -7,6 +7,10 @@ overtake it. A delivery error that still happens (a fatal producer error, a mess
 tailer's session, which re-sends everything after the last checkpoint, in order, with a fresh producer.
 
 `InFlight` tracks sent events in read order; the checkpoint may only advance over its acknowledged prefix.
+
+Two producers: one with a short linger for latency, one with a long linger for draining a backlog (fewer,
+larger requests). Events go through one of them at a time, and the tailer switches only once the other has
+nothing left in flight, so no event overtakes an earlier one of its aggregate.
 """
 
 from __future__ import annotations
@@ -90,25 +94,38 @@ class Publisher:
 
     def __init__(self, settings: Settings, *, source: str = "", **overrides: Any) -> None:
         self.settings = settings
-        config = producer_config(
-            settings,
-            **{
-                "message.timeout.ms": 0,  # infinite: retry in order while the broker is away
-                "linger.ms": settings.tailer_linger_ms,
-                "queue.buffering.max.messages": max(100000, settings.tailer_max_in_flight * 2),
-                "queue.buffering.max.kbytes": 1048576,
-                "reconnect.backoff.max.ms": 1000,
-                "error_cb": self._on_error,
-                **overrides,
-            },
-        )
-        self._producer = Producer(config)
+
+        def producer(linger_ms: int) -> Producer:
+            return Producer(producer_config(
+                settings,
+                **{
+                    "message.timeout.ms": 0,  # infinite: retry in order while the broker is away
+                    "linger.ms": linger_ms,
+                    "queue.buffering.max.messages": max(100000, settings.tailer_max_in_flight * 2),
+                    "queue.buffering.max.kbytes": 1048576,
+                    "reconnect.backoff.max.ms": 1000,
+                    "error_cb": self._on_error,
+                    **overrides,
+                },
+            ))
+
+        self._fast = self._producer = producer(settings.tailer_linger_ms)
+        self._bulk = (producer(settings.tailer_backlog_linger_ms)
+                      if settings.tailer_backlog_linger_ms > settings.tailer_linger_ms else None)
         self._topics: set[str] = set()
         self._fatal: str | None = None
         self._stop = threading.Event()
         self._log = get_logger("cdc.publisher", source=source)
-        self._poller = threading.Thread(target=self._poll_loop, name=f"kafka-poll-{source}", daemon=True)
-        self._poller.start()
+        # One thread per producer serves its delivery reports (a poll on one would delay the other's).
+        self._pollers = [
+            threading.Thread(target=self._poll_loop, args=(p,), name=f"kafka-poll-{source}", daemon=True)
+            for p in self._producers()
+        ]
+        for poller in self._pollers:
+            poller.start()
+
+    def _producers(self) -> list[Producer]:
+        return [self._fast] if self._bulk is None else [self._fast, self._bulk]
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -117,9 +134,27 @@ class Publisher:
         elif err.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
             self._log.warning("producer error", error=err.str())
 
-    def _poll_loop(self) -> None:
+    def _poll_loop(self, producer: Producer) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            producer.poll(0.05)
+
+    @property
+    def bulk(self) -> bool:
+        """True while events go through the long-linger producer."""
+        return self._producer is self._bulk
+
+    def use_bulk(self, bulk: bool, wait: float = 0.05) -> bool:
+        """Send through the long-linger producer (a backlog drains) or the short one; True once in effect.
+
+        The switch waits up to `wait` seconds for the producer in use to have nothing in flight (so that no
+        event overtakes an earlier one of its aggregate); if it still has, nothing changes: try again later."""
+        target = self._bulk if bulk and self._bulk is not None else self._fast
+        if target is self._producer:
+            return True
+        if self._producer.flush(wait) > 0:
+            return False
+        self._producer = target
+        return True
 
     @property
     def fatal(self) -> str | None:
@@ -185,17 +220,20 @@ class Publisher:
 
     def flush(self, timeout: float) -> int:
         """Wait up to `timeout` for every acknowledgement; returns how many are still outstanding."""
+        # Only the producer in use can have anything in flight: a switch waits for the other to drain.
         return int(self._producer.flush(timeout))
 
     def outstanding(self) -> int:
-        return len(self._producer)
+        return sum(len(p) for p in self._producers())
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush what can be flushed within `timeout`, drop the rest (it is re-sent from the checkpoint)."""
-        with contextlib.suppress(Exception):
-            self._producer.flush(timeout)
-        with contextlib.suppress(Exception):
-            self._producer.purge()
-            self._producer.flush(0)
+        for producer in self._producers():
+            with contextlib.suppress(Exception):
+                producer.flush(timeout)
+            with contextlib.suppress(Exception):
+                producer.purge()
+                producer.flush(0)
         self._stop.set()
-        self._poller.join(timeout=2)
+        for poller in self._pollers:
+            poller.join(timeout=2)

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # How long librdkafka waits to fill a batch. At 1 ms a backlog goes out in tiny requests, and the broker and
     # librdkafka spent about 3x the CPU per event here; 5 ms adds ~4 ms to the latency of a lone event.
     tailer_linger_ms: int = Field(default=5, ge=0)
+    # While a backlog drains (its events are already late), a second producer gathers batches this long: the
+    # broker and librdkafka then spend about half the CPU per event. 0 (or not above tailer_linger_ms): off.
+    tailer_backlog_linger_ms: int = Field(default=25, ge=0)
     # Unpublished backlog gauge refresh; Prometheus exporter port (0: no exporter).
     tailer_backlog_interval_seconds: float = Field(default=10.0, gt=0)
     tailer_metrics_port: int = Field(default=0, ge=0, le=65535)

@@ -131,6 +131,7 @@ class OutboxTailer:
         self.forwarded = 0
         self.catchups = 0
         self.sessions = 0
+        self.linger_switches = 0  # between the short- and the long-linger producer (see Publisher.use_bulk)
         # Per-session state.
         self._publisher: Publisher | None = None
         self._inflight = InFlight()
@@ -304,6 +305,8 @@ class OutboxTailer:
         # from that point afterwards (a resume checks the oplog window; an idle open cursor would not).
         stream.close()
         started = time.monotonic()
+        assert self._publisher is not None
+        self._publisher.use_bulk(True)  # a fresh session's producer has nothing in flight yet
         result = catch_up(
             self.outbox,
             self._forward_scanned,
@@ -350,10 +353,12 @@ class OutboxTailer:
                     raise _Reopen("stalled")
                 continue
             stall_since = None
-            # Per batch, not per event: lease, delivery and commit checks, counters.
+            # Per batch, not per event: lease, delivery and commit checks, counters, the producer's linger.
             read = 0
             wall: Any = None
-            for item in reader.take(settings.tailer_batch_size, wait):
+            items = reader.take(settings.tailer_batch_size, wait)
+            self._pace(items)
+            for item in items:
                 if type(item) is Idle:
                     idle_token = item.token
                     continue
@@ -379,6 +384,18 @@ class OutboxTailer:
         self._drain()
 
     # -- forwarding and bookkeeping ---------------------------------------------------------------------
+
+    def _pace(self, items: Sequence[Any]) -> None:
+        """Forward a backlog through the long-linger producer, fresh changes through the short one."""
+        now = time.monotonic()
+        draining = now - self.draining_at < _BACKLOG_WINDOW_SECONDS or len(items) >= _BACKLOG_CHUNK
+        if not draining and items and type(items[0]) is dict:
+            wall = items[0].get("wallTime")
+            draining = isinstance(wall, datetime) and time.time() - wall.timestamp() > _BACKLOG_LAG_SECONDS
+        publisher = self._publisher
+        assert publisher is not None
+        if draining != publisher.bulk and publisher.use_bulk(draining):
+            self.linger_switches += 1
 
     def _forward_scanned(self, doc: Document, _token: Document | None) -> bool:
         """The catch-up scan's sender: waits while too much is in flight (the stream loop checks per batch)."""

@@ -147,6 +147,7 @@ def resnapshot(
     started = time.perf_counter()
     client = mongo_client(settings)
     publisher = Publisher(settings, source=f"resnapshot-{service}")
+    publisher.use_bulk(True)  # a re-emit is one long backlog: fewer, larger requests
     inflight = InFlight()
     skipped: list[str] = []
     sent: dict[str, int] = {}

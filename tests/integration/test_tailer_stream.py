@@ -10,13 +10,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
+from cdc.event import Event
 from cdc.outbox import Document
+from cdc.publisher import InFlight, Publisher, Sent
 from cdc.settings import Settings
 from cdc.tailer import Tailer
 from tests.helpers import free_port, unique, wait_for
 from tests.integration.test_tailer_support import (
     TopicReader,
     assert_per_aggregate_order,
+    continue_events,
     header_map,
     insert_events,
     make_events,
@@ -77,6 +80,63 @@ def test_backlog_then_stream_then_resume(settings: Settings, client: MongoClient
         reader.close()
         for db in (db_a, db_b):
             client.drop_database(db)
+
+
+def test_backlog_then_fresh_events_keep_order_across_the_producer_switch(
+    settings: Settings, client: MongoClient[Document]
+) -> None:
+    """A backlog drains through the long-linger producer, fresh events go through the short one; the switch
+    waits for the other producer to drain, so no aggregate's events reach Kafka out of order."""
+    db, topic = unique("tail_pace"), unique("tail_topic")
+    reader = TopicReader(settings, topic)
+    tailer = Tailer(settings, [db], client=client).start()
+    try:
+        wait_for(lambda: (_checkpoint(client, settings, db) or {}).get("token"), 30, what="first checkpoint")
+        assert tailer.stop(30)
+        # Written while no tailer runs: a backlog read from the stream, its changes over a second old.
+        backlog = make_events(topic, aggregates=20, per_aggregate=100)
+        insert_events(client[db].outbox, backlog, batch=500)
+        time.sleep(1.0)
+        tailer = Tailer(settings, [db], client=client).start()
+        outbox = tailer.outboxes[0]
+        wait_for(lambda: outbox.linger_switches >= 1, 30, what="the backlog going through the bulk producer")
+        # The same aggregates go on while and after the backlog drains, a few events at a time.
+        fresh = continue_events(backlog, per_aggregate=20)
+        insert_events(client[db].outbox, fresh, batch=5, pause=0.02)
+        reader.wait_for({d["_id"] for d in backlog + fresh}, timeout=120)
+        wait_for(lambda: outbox.linger_switches >= 2, 30, what="fresh events back on the short-linger producer")
+        reader.poll(1.0)
+        assert_per_aggregate_order(reader.records)
+    finally:
+        assert tailer.stop(30)
+        reader.close()
+        client.drop_database(db)
+
+
+def test_switching_producers_waits_for_the_one_in_use(settings: Settings) -> None:
+    """Events sent through the long-linger producer are on Kafka before any sent after the switch back."""
+    topic = unique("tail_topic")
+    slow = settings.model_copy(update={"tailer_backlog_linger_ms": 1000})
+    docs = make_events(topic, aggregates=1, per_aggregate=40)
+    reader = TopicReader(settings, topic)
+    publisher = Publisher(slow, source="test")
+    inflight = InFlight()
+    try:
+        assert publisher.use_bulk(True) and publisher.bulk
+        for doc in docs[:20]:
+            event = Event.parse(doc)
+            publisher.send(event, Sent(event.event_id, None, None), inflight)
+        # The bulk producer still lingers on those 20: the switch flushes it first.
+        assert publisher.use_bulk(False, wait=30) and not publisher.bulk
+        for doc in docs[20:]:
+            event = Event.parse(doc)
+            publisher.send(event, Sent(event.event_id, None, None), inflight)
+        assert publisher.flush(30) == 0
+        reader.wait_for({d["_id"] for d in docs}, timeout=60)
+        assert [r.version for r in sorted(reader.records, key=lambda r: r.offset)] == list(range(1, 41))
+    finally:
+        publisher.close()
+        reader.close()
 
 
 def test_idle_outbox_checkpoints_on_heartbeat(settings: Settings, client: MongoClient[Document]) -> None:

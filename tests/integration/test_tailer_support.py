@@ -48,6 +48,25 @@ def make_events(topic: str, aggregates: int, per_aggregate: int) -> list[Documen
     return docs
 
 
+def continue_events(docs: list[Document], per_aggregate: int) -> list[Document]:
+    """The next `per_aggregate` versions of every aggregate in `docs`, interleaved round-robin."""
+    last: dict[str, Document] = {}
+    for doc in docs:
+        if doc["version"] > last.get(doc["aggregate_id"], {"version": 0})["version"]:
+            last[doc["aggregate_id"]] = doc
+    base = utcnow()
+    out: list[Document] = []
+    for step in range(1, per_aggregate + 1):
+        for tick, (aggregate_id, doc) in enumerate(last.items()):
+            event = Event.create(
+                topic=doc["topic"], aggregate_type=doc["aggregate_type"], aggregate_id=aggregate_id,
+                type=doc["type"], version=doc["version"] + step, payload={"step": step}, source_service="test",
+                occurred_at=base + timedelta(milliseconds=step * len(last) + tick),
+            )
+            out.append(outbox_document(event))
+    return out
+
+
 def insert_events(outbox: Collection[Document], docs: list[Document], batch: int = 200,
                   pause: float = 0.0, transactional: bool = True) -> None:
     """Insert in commit batches (one transaction each), in creation order."""

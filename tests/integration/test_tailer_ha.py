@@ -37,7 +37,8 @@ def test_standby_takes_over_after_kill9(settings: Settings, mongo: Server, kafka
     reader = TopicReader(settings, topic)
     env = {"CDCFLOW_TAILER_LEASE_TTL_SECONDS": str(TTL)}
     procs = [spawn_tailer(settings, [db], tmp_path / f"tail{i}.log", **env) for i in range(2)]
-    writer = Writer(client[db].outbox, docs, batch=50, pause=0.02)
+    # Half before the kill, the other half only after it: the standby must forward events written after it.
+    writer = Writer(client[db].outbox, docs, batch=50, pause=0.02, allowed=len(docs) // 2)
     try:
         holder: str = wait_for(lambda: (leases.find_one({"_id": f"{db}.outbox"}) or {}).get("owner", ""), 30,
                                what="a leader")
@@ -51,6 +52,7 @@ def test_standby_takes_over_after_kill9(settings: Settings, mongo: Server, kafka
             f":{standby.pid}"), TTL + 10, what="the standby taking the lease")
         took_over = time.monotonic() - killed_at
         assert took_over <= TTL + 2.0, f"takeover took {took_over:.1f}s (lease TTL {TTL}s)"
+        writer.allow(len(docs))
         writer.join(120)
         assert writer.error is None
         reader.wait_for({d["_id"] for d in docs}, timeout=120)

@@ -42,11 +42,14 @@ def test_kill9_during_stream_loses_nothing(settings: Settings, mongo: Server, ka
     reader = TopicReader(settings, topic)
     log = tmp_path / "tail.log"
     rng = random.Random()
-    writer = Writer(client[db].outbox, docs, batch=100, pause=0.01)
+    # Released a share per kill, so that events are still being written whenever the test waits for progress.
+    share = len(docs) // (KILLS + 1)
+    writer = Writer(client[db].outbox, docs, batch=100, pause=0.01, allowed=share)
     proc = spawn_tailer(settings, [db], log)
     try:
         writer.start()
         for kill in range(KILLS):
+            writer.allow(share * (kill + 2))
             # Let it make progress, then kill it at a random moment (mid-batch, mid-checkpoint, mid-catch-up).
             published = client[db].outbox.count_documents({"published": True})
             def progressed(before: int = published) -> bool:
@@ -56,6 +59,7 @@ def test_kill9_during_stream_loses_nothing(settings: Settings, mongo: Server, ka
             time.sleep(rng.uniform(0.05, 1.5))
             kill9(proc)
             proc = spawn_tailer(settings, [db], log)
+        writer.allow(len(docs))
         writer.join(timeout=180)
         assert writer.error is None and writer.written == len(docs)
         reader.wait_for(expected, timeout=180)
@@ -84,13 +88,15 @@ def test_kill9_of_the_fetcher_loses_nothing(settings: Settings, mongo: Server, k
     client = mongo_client(settings)
     docs = make_events(topic, aggregates=50, per_aggregate=60)
     reader = TopicReader(settings, topic)
-    writer = Writer(client[db].outbox, docs, batch=50, pause=0.01)
+    share = len(docs) // 4
+    writer = Writer(client[db].outbox, docs, batch=50, pause=0.01, allowed=share)
     tailer = Tailer(settings, [db], client=client).start()
     outbox = tailer.outboxes[0]
     killed: list[int] = []
     try:
         writer.start()
         for kill in range(3):
+            writer.allow(share * (kill + 2))
             before = outbox.forwarded
 
             def progressed(before: int = before) -> bool:
@@ -101,6 +107,7 @@ def test_kill9_of_the_fetcher_loses_nothing(settings: Settings, mongo: Server, k
             assert pid is not None and pid not in killed
             os.kill(pid, 9)
             killed.append(pid)
+        writer.allow(len(docs))
         writer.join(timeout=120)
         assert writer.error is None and writer.written == len(docs)
         reader.wait_for({d["_id"] for d in docs}, timeout=120)

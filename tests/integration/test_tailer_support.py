@@ -83,20 +83,35 @@ def insert_events(outbox: Collection[Document], docs: list[Document], batch: int
 
 
 class Writer(threading.Thread):
-    """Inserts events in the background (a service writing its outbox while the test breaks things)."""
+    """Inserts events in the background (a service writing its outbox while the test breaks things).
+
+    `allowed` caps how many it writes until `allow()` raises it: a test that waits for progress after each
+    fault then always has events left to write, however fast the machine."""
 
     def __init__(self, outbox: Collection[Document], docs: list[Document], batch: int = 100,
-                 pause: float = 0.0) -> None:
+                 pause: float = 0.0, allowed: int | None = None) -> None:
         super().__init__(daemon=True)
         self.outbox, self.docs, self.batch, self.pause = outbox, docs, batch, pause
         self.error: BaseException | None = None
         self.written = 0
+        self._allowed = len(docs) if allowed is None else allowed
+        self._more = threading.Condition()
+
+    def allow(self, count: int) -> None:
+        """Let it write up to `count` events in all (never fewer than already allowed)."""
+        with self._more:
+            self._allowed = max(self._allowed, min(count, len(self.docs)))
+            self._more.notify_all()
 
     def run(self) -> None:
         try:
-            for i in range(0, len(self.docs), self.batch):
-                insert_events(self.outbox, self.docs[i : i + self.batch], batch=self.batch)
-                self.written = min(len(self.docs), i + self.batch)
+            while self.written < len(self.docs):
+                with self._more:
+                    if not self._more.wait_for(lambda: self._allowed > self.written, timeout=300):
+                        raise TimeoutError(f"writer held at {self.written} events for 300 s")
+                    end = min(self._allowed, self.written + self.batch)
+                insert_events(self.outbox, self.docs[self.written : end], batch=self.batch)
+                self.written = end
                 if self.pause:
                     time.sleep(self.pause)
         except BaseException as exc:

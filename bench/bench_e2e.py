@@ -50,6 +50,7 @@ from psycopg import sql
 from pymongo.collection import Collection
 
 from bench.bench_tailer import Acks, pct, preload, steady
+from cdc.connect import cassandra_session, neo4j_driver, postgres_connect
 from cdc.event import Event
 from cdc.kafka import admin_client, ensure_topics
 from cdc.logs import configure_logging
@@ -60,7 +61,6 @@ from cdc.schemas import OrderCreated, OrderItem, PageViewed, PaymentConfirmed, d
 from cdc.settings import Settings, load_settings
 from cdc.tailer import Tailer
 from sinks.clickstream import ClickstreamSink
-from sinks.connect import cassandra_session, neo4j_driver, postgres_connect
 from sinks.order_view import OrderViewSink
 from sinks.purchase_graph import PurchaseGraphSink
 from tests.streams_support import WorkerProcess

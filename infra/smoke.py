@@ -59,7 +59,7 @@ def kafka_round_trip(settings: Settings) -> str:
 
 def postgres_round_trip(settings: Settings) -> str:
     """Write a row and read it back."""
-    from sinks.connect import postgres_connect
+    from cdc.connect import postgres_connect
 
     with postgres_connect(settings) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS cdcflow_smoke (id text PRIMARY KEY, n int)")
@@ -74,7 +74,7 @@ def postgres_round_trip(settings: Settings) -> str:
 
 def cassandra_round_trip(settings: Settings) -> str:
     """Write a row in a smoke keyspace and read it back."""
-    from sinks.connect import cassandra_cluster
+    from cdc.connect import cassandra_cluster
 
     cluster = cassandra_cluster(settings)
     try:
@@ -97,7 +97,7 @@ def cassandra_round_trip(settings: Settings) -> str:
 
 def neo4j_round_trip(settings: Settings) -> str:
     """Create a node and read it back."""
-    from sinks.connect import neo4j_driver
+    from cdc.connect import neo4j_driver
 
     key = str(uuid.uuid4())
     with neo4j_driver(settings) as driver:

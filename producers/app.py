@@ -25,6 +25,7 @@ from cdc.errors import EventTooLargeError, InvalidEventError
 from cdc.logs import get_logger
 from cdc.mongo import mongo_client
 from cdc.outbox_writer import OutboxWriter
+from cdc.services import service_database
 from cdc.settings import Settings
 from producers.breaker import BreakerHeartbeatListener, BreakerOpenError, CircuitBreaker, is_outage
 
@@ -32,18 +33,6 @@ Document = dict[str, Any]
 T = TypeVar("T")
 
 log = get_logger(__name__)
-
-# The service databases (DESIGN.md): one per service, nothing else touches it.
-SERVICE_DATABASES = {
-    "product": "product_service",
-    "order": "order_service",
-    "clickstream": "clickstream_service",
-}
-
-
-def service_database(settings: Settings, service: str) -> str:
-    """The database name of `service` (with the configured prefix)."""
-    return f"{settings.service_db_prefix}{SERVICE_DATABASES[service]}"
 
 
 class ServiceError(Exception):

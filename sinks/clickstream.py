@@ -23,13 +23,14 @@ from cassandra.cluster import NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import PreparedStatement
 
+from cdc.connect import cassandra_session
 from cdc.errors import InvalidEventError
 from cdc.event import Event
 from cdc.logs import get_logger
 from cdc.schemas import PageViewed, parse_payload
 from cdc.settings import Settings
 from sinks.base import PermanentSinkError, Sink, TransientSinkError
-from sinks.connect import cassandra_session
+from sinks.pointers import POINTER_TTL_SECONDS, cassandra_pointer, clear_cassandra_pointer
 
 log = get_logger(__name__)
 
@@ -123,8 +124,6 @@ class ClickstreamSink(Sink):
 
     def keyspace(self) -> str:
         """The keyspace this namespace lives in now (re-read every few seconds: swaps happen live)."""
-        from sinks.namespaces import POINTER_TTL_SECONDS, cassandra_pointer
-
         if self._keyspace is None or time.monotonic() - self._keyspace_read_at > POINTER_TTL_SECONDS:
             session = self._connect()
             try:
@@ -198,8 +197,6 @@ class ClickstreamSink(Sink):
         return self._insert_user, self._insert_product, self._insert_visitor
 
     def drop(self) -> None:
-        from sinks.namespaces import clear_cassandra_pointer
-
         keyspace = self.keyspace()
         self._execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
         if keyspace != self.namespace:

@@ -24,26 +24,24 @@ simply use the sinks' own read methods, which already resolve it.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cassandra import InvalidRequest
-from cassandra.cluster import Session
+from neo4j import ManagedTransaction
 from psycopg import sql
 
+from cdc.connect import cassandra_session, neo4j_driver, postgres_connect
 from cdc.logs import get_logger
 from cdc.settings import Settings
+from sinks import registry
 from sinks.base import Sink, check_namespace
-from sinks.connect import cassandra_session, neo4j_driver, postgres_connect
+from sinks.clickstream import ClickstreamSink
+from sinks.pointers import cassandra_pointer, set_cassandra_pointer
+from sinks.postgres import PostgresFoldSink
+from sinks.purchase_graph import PurchaseGraphSink
 
 log = get_logger(__name__)
-
-#: Cassandra keyspace holding the namespace pointers.
-META_KEYSPACE = "cdcflow_meta"
-#: How long a sink trusts a pointer it read before reading it again.
-POINTER_TTL_SECONDS = 5.0
 
 _MAX_NAMESPACE = 41  # sinks.base.check_namespace
 
@@ -54,60 +52,14 @@ def shadow_namespace(namespace: str) -> str:
     return check_namespace(namespace[: _MAX_NAMESPACE - len(suffix)] + suffix)
 
 
-# -- Cassandra pointers ---------------------------------------------------------------------------------
-
-
-def cassandra_pointer(session: Session, read_model: str, namespace: str) -> str | None:
-    """The keyspace `namespace` of `read_model` points to, or None (no pointer: the keyspace is the namespace)."""
-    try:
-        rows = session.execute(
-            f"SELECT physical FROM {META_KEYSPACE}.active_namespace WHERE read_model = %s AND namespace = %s",
-            (read_model, namespace),
-        )
-    except InvalidRequest:  # no meta keyspace/table yet: nothing was ever swapped
-        return None
-    row = rows.one()
-    return None if row is None else str(row.physical)
-
-
-def set_cassandra_pointer(session: Session, read_model: str, namespace: str, physical: str) -> None:
-    """Point `namespace` of `read_model` at keyspace `physical` (one write: the swap)."""
-    check_namespace(physical)
-    session.execute(
-        f"CREATE KEYSPACE IF NOT EXISTS {META_KEYSPACE} WITH replication = "
-        "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-    )
-    session.execute(
-        f"CREATE TABLE IF NOT EXISTS {META_KEYSPACE}.active_namespace ("
-        "read_model text, namespace text, physical text, switched_at timestamp, "
-        "PRIMARY KEY ((read_model, namespace)))"
-    )
-    session.execute(
-        f"INSERT INTO {META_KEYSPACE}.active_namespace (read_model, namespace, physical, switched_at) "
-        "VALUES (%s, %s, %s, toTimestamp(now()))",
-        (read_model, namespace, physical),
-    )
-
-
-def clear_cassandra_pointer(session: Session, read_model: str, namespace: str) -> None:
-    """Remove the pointer of `namespace` (the keyspace is the namespace again)."""
-    with contextlib.suppress(InvalidRequest):
-        session.execute(
-            f"DELETE FROM {META_KEYSPACE}.active_namespace WHERE read_model = %s AND namespace = %s",
-            (read_model, namespace),
-        )
-
-
 def active_namespace(settings: Settings, read_model: str, namespace: str | None = None) -> str:
     """Where `read_model`'s `namespace` (default: the live one) physically lives, for readers.
 
     Postgres and Neo4j swaps are physical, so that is the namespace itself; for Cassandra it is the pointer's
     target. Opens a Cassandra session: call it once and keep the answer for a few seconds, not per query.
     """
-    from sinks.registry import read_model as lookup
-
     ns = check_namespace(namespace or settings.sink_namespace)
-    if lookup(read_model).store != "cassandra":
+    if registry.read_model(read_model).store != "cassandra":
         return ns
     session = cassandra_session(settings)
     try:
@@ -133,10 +85,6 @@ class Swap:
 
 def swap_in(settings: Settings, live: Sink, shadow: Sink) -> Swap:
     """Make `shadow`'s complete model the live one, atomically for readers. `shadow` is consumed."""
-    from sinks.clickstream import ClickstreamSink
-    from sinks.postgres import PostgresFoldSink
-    from sinks.purchase_graph import PurchaseGraphSink
-
     if type(live) is not type(shadow) or live.namespace == shadow.namespace:
         raise ValueError(f"cannot swap {shadow!r} into {live!r}")
     if isinstance(live, PostgresFoldSink):
@@ -153,8 +101,6 @@ def _noop() -> None:
 
 
 def _swap_postgres(settings: Settings, live: Sink, shadow: Sink) -> Swap:
-    from sinks.postgres import PostgresFoldSink
-
     assert isinstance(live, PostgresFoldSink)
     retired = f"{live.namespace}_retired_{uuid.uuid4().hex[:8]}"
     tables = [live.table, f"{live.table}_processed"]
@@ -182,10 +128,6 @@ def _swap_postgres(settings: Settings, live: Sink, shadow: Sink) -> Swap:
 
 
 def _swap_neo4j(settings: Settings, live: Sink, shadow: Sink) -> Swap:
-    from neo4j import ManagedTransaction
-
-    from sinks.purchase_graph import PurchaseGraphSink
-
     assert isinstance(live, PurchaseGraphSink) and isinstance(shadow, PurchaseGraphSink)
     live.setup()  # the live constraints must exist (schema changes cannot share the data transaction)
     lc, lp, lr = live.customer, live.product, live.purchased

@@ -19,11 +19,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from cdc.connect import postgres_connect
 from cdc.event import Event
 from cdc.logs import get_logger
 from cdc.settings import Settings
 from sinks.base import PermanentSinkError, Sink, TransientSinkError
-from sinks.connect import postgres_connect
 
 R = TypeVar("R")
 

@@ -30,6 +30,7 @@ from neo4j.exceptions import (
     TransientError,
 )
 
+from cdc.connect import neo4j_driver
 from cdc.errors import InvalidEventError
 from cdc.event import Event
 from cdc.logs import get_logger
@@ -44,7 +45,6 @@ from cdc.schemas import (
 )
 from cdc.settings import Settings
 from sinks.base import PermanentSinkError, Sink, TransientSinkError
-from sinks.connect import neo4j_driver
 from sinks.order_view import ORDER_EVENT_TYPES, order_key
 
 log = get_logger(__name__)

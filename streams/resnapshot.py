@@ -29,6 +29,7 @@ from cdc.mongo import mongo_client
 from cdc.outbox import CREATION_ORDER, OUTBOX_COLLECTION
 from cdc.publisher import InFlight, Publisher, Sent
 from cdc.schemas import TOPIC_ORDERS
+from cdc.services import service_database as name_of
 from cdc.settings import Settings
 from streams.progress import NoProgress, Progress
 
@@ -76,8 +77,6 @@ def service_database(settings: Settings, service: str) -> str:
     """The database of `service` (with the configured prefix); ResnapshotError for an unknown service."""
     if service not in SERVICES:
         raise ResnapshotError(f"unknown service {service!r}; known: {', '.join(SERVICES)}")
-    from producers.app import service_database as name_of
-
     return name_of(settings, service)
 
 

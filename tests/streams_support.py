@@ -142,7 +142,7 @@ class WorkerProcess:
     ) -> None:
         self.read_model = read_model
         self.log_path = log_dir / f"{name or read_model}.log"
-        argv = [sys.executable, "-c", "from cdc.cli import main; main()", "worker", "--read-model", read_model,
+        argv = [sys.executable, "-m", "cli", "worker", "--read-model", read_model,
                 "--topic", topic, "--group-id", group, "--namespace", namespace]
         full_env = {**os.environ, "CDCFLOW_LOG_LEVEL": "INFO", "CDCFLOW_LOG_JSON": "true",
                     "CDCFLOW_STREAM_BATCH_WITHIN": "0.2", "CDCFLOW_SINK_RETRY_MAX": "1.0",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cdc.connect import cassandra_cluster
 from cdc.settings import Settings
 from infra.errors import InstallError
 from infra.maven import fetch_jars, java_binary
 from infra.servers.base import Server
-from sinks.connect import cassandra_cluster
 
 COORDINATES = ["org.apache.cassandra:cassandra-all:5.0.9"]
 MAIN_CLASS = "org.apache.cassandra.service.CassandraDaemon"

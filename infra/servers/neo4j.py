@@ -9,11 +9,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from cdc.connect import neo4j_driver
 from cdc.settings import Settings
 from infra.errors import InstallError
 from infra.maven import fetch_jars, java_binary
 from infra.servers.base import Server
-from sinks.connect import neo4j_driver
 
 COORDINATES = ["org.neo4j:neo4j:5.26.30"]
 #: Parquet import only; leaving them out saves ~20 MB and 11 jars.

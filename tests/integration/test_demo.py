@@ -10,8 +10,9 @@ from rich.console import Console
 
 from cdc.mongo import mongo_client
 from cdc.outbox import OUTBOX_COLLECTION
+from cdc.services import SERVICE_DATABASES
 from cdc.settings import Settings
-from infra.demo import SERVICE_DATABASES, SERVICE_TOPICS, run_demo
+from cli.demo import SERVICE_TOPICS, run_demo
 from sinks import queries
 from sinks.order_view import OrderViewSink
 from sinks.registry import READ_MODELS, build_sink

@@ -12,10 +12,10 @@ from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError
 
 from cdc.event import Event
+from cdc.services import service_database
 from cdc.settings import Settings
 from infra.servers.base import Server
 from producers import order, product
-from producers.app import service_database
 from tests.helpers import unique
 
 pytestmark = pytest.mark.integration

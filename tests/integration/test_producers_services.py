@@ -21,10 +21,10 @@ from pymongo import MongoClient, monitoring
 from cdc.mongo import mongo_client
 from cdc.outbox_writer import OutboxWriter
 from cdc.schemas import OrderItem
+from cdc.services import SERVICE_DATABASES, service_database
 from cdc.settings import Settings
 from infra.servers.base import Server
 from producers import clickstream, order, product
-from producers.app import SERVICE_DATABASES, service_database
 from producers.load import Mix, Targets, run_load
 from producers.order import OrderStore
 from producers.order_state import (

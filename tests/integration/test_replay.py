@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from cassandra.cluster import Session
 
+from cdc.connect import cassandra_session, neo4j_driver, postgres_connect
 from cdc.event import Event
 from cdc.kafka import ensure_topics
 from cdc.schemas import dlq_topic
 from cdc.settings import Settings
 from sinks.base import Sink
-from sinks.connect import cassandra_session, neo4j_driver, postgres_connect
-from sinks.namespaces import cassandra_pointer
 from sinks.order_view import OrderViewSink, fold_orders
+from sinks.pointers import cassandra_pointer
 from sinks.registry import build_sink
 from streams.replay import parse_start, replay
 from tests.helpers import unique, wait_for
@@ -58,7 +58,7 @@ def order_rows(sink: Sink) -> list[Any]:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from cdc.cli import main; main()", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
 

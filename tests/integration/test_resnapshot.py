@@ -18,8 +18,8 @@ from cdc.mongo import Document, mongo_client
 from cdc.outbox import mark_published
 from cdc.outbox_writer import OutboxWriter
 from cdc.schemas import OrderItem
+from cdc.services import service_database
 from cdc.settings import Settings
-from producers.app import service_database
 from producers.clickstream import PageViewIn, record_page_views
 from producers.order import OrderStore
 from producers.order_state import CancelOrder, Command, ConfirmPayment, CreateOrder, DeliverOrder, ShipOrder

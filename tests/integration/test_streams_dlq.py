@@ -26,7 +26,7 @@ PARTITIONS = 2
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from cdc.cli import main; main()", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "CDCFLOW_LOG_LEVEL": "WARNING"})
 
 

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
-from cdc.cli import app
 from cdc.settings import Settings
+from cli.main import app
 from sinks import queries
 from sinks.queries import BadQuery, NotFound, ReadModels
 from tests.streams_support import REPO

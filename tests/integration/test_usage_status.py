@@ -12,13 +12,13 @@ from confluent_kafka import Consumer
 from pymongo import MongoClient
 from typer.testing import CliRunner
 
-from cdc.cli import app
 from cdc.event import Event, utcnow
 from cdc.kafka import ensure_topics, kafka_config
 from cdc.mongo import mongo_client
 from cdc.outbox import mark_published, outbox_document
 from cdc.settings import Settings
-from cdc.status import LagStatus, LagTarget, gather_status, lag_status
+from cli.main import app
+from cli.status import LagStatus, LagTarget, gather_status, lag_status
 from tests.helpers import unique, wait_for
 from tests.streams_support import produce_raw
 

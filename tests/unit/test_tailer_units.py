@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import cdc.tail_cli as tail_cli
+import cli.tail as tail_cli
 from cdc.publisher import InFlight, Sent
 from cdc.settings import load_settings
-from cdc.tail_cli import parse_iso_time
 from cdc.tailer import PIPELINE, Reset, _Backoff, timestamp_of
+from cli.tail import parse_iso_time
 
 
 def _entries(n: int) -> list[Sent]:

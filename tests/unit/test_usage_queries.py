@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 from rich.console import Console
 
-from cdc.usage_cli import clicks_tables, order_tables, recommendations_tables, top_products_tables
+from cli.usage import clicks_tables, order_tables, recommendations_tables, top_products_tables
 from sinks.queries import BadQuery, click_window, parse_day, parse_time
 
 

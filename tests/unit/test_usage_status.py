@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from rich.console import Console
 
-from cdc.status import (
+from cli.status import (
     DeadLetterStatus,
     LagStatus,
     OutboxStatus,
@@ -19,7 +19,7 @@ from cdc.status import (
     render_lines,
     verdict,
 )
-from cdc.usage_cli import status_tables
+from cli.usage import status_tables
 
 T = Thresholds(max_lag=100, max_backlog=10, max_backlog_age_seconds=60.0, stale_checkpoint_seconds=30.0)
 

@@ -29,7 +29,10 @@ from cdc.logs import get_logger
 from cdc.mongo import mongo_client
 from cdc.outbox import backlog
 from cdc.schemas import TOPICS, dlq_topic
+from cdc.services import SERVICE_DATABASES, service_database
 from cdc.settings import Settings
+from sinks.registry import READ_MODELS
+from streams.dlq import replay_group
 
 log = get_logger(__name__)
 
@@ -188,14 +191,10 @@ class LagTarget:
 
 def service_databases(settings: Settings) -> dict[str, str]:
     """service -> database, named exactly as the producers name them (with `service_db_prefix`)."""
-    from producers.app import SERVICE_DATABASES, service_database
-
     return {svc: service_database(settings, svc) for svc in SERVICE_DATABASES}
 
 
 def default_lag_targets() -> list[LagTarget]:
-    from sinks.registry import READ_MODELS
-
     return [LagTarget(rm.name, rm.consumer_group(), rm.topic) for rm in READ_MODELS.values()]
 
 
@@ -250,8 +249,6 @@ def lag_status(settings: Settings, target: LagTarget, timeout: float) -> LagStat
 
 
 def dead_letter_status(settings: Settings, topic: str, timeout: float) -> DeadLetterStatus:
-    from streams.dlq import replay_group
-
     consumer = group_reader(settings, replay_group(topic))
     try:
         found = topic_offsets(consumer, topic, timeout)

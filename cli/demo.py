@@ -25,15 +25,15 @@ from cdc.kafka import ensure_topics, group_reader, topic_offsets
 from cdc.mongo import mongo_client
 from cdc.outbox import OUTBOX_COLLECTION
 from cdc.schemas import TOPICS
+from cdc.services import SERVICE_DATABASES
 from cdc.settings import Settings
-from cdc.status import gather_status
+from cli.status import gather_status
 from infra import stack
 from infra.errors import StartError
 from infra.pipeline import Pipeline
 from sinks import queries
 from sinks.registry import READ_MODELS
 
-SERVICE_DATABASES = {"product": "product_service", "order": "order_service", "clickstream": "clickstream_service"}
 SERVICE_TOPICS = {"product": "inventory", "order": "orders", "clickstream": "clickstream"}
 
 

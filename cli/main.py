@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from cdc.errors import CdcError
 from cdc.logs import configure_logging
 from cdc.settings import load_settings
-from infra.cli import app as infra_app
+from cli import replay, serve, tail, usage, worker
+from cli.infra import app as infra_app
 from infra.errors import InfraError
 
 app = typer.Typer(
@@ -22,14 +23,8 @@ app = typer.Typer(
 )
 app.add_typer(infra_app, name="infra")
 
-# Each package registers its own commands (keep one line per package, in this block).
-# -- commands --
-from cdc.tail_cli import register as _tail; _tail(app)  # noqa: E402, E702, I001
-from streams.cli import register as _streams; _streams(app)  # noqa: E402, E702, I001
-from streams.replay_cli import register as _replay; _replay(app)  # noqa: E402, E702, I001
-from cdc.usage_cli import register as _usage; _usage(app)  # noqa: E402, E702, I001  (before producers)
-from producers.cli import register as _producers; _producers(app)  # noqa: E402, E702, I001
-# -- end commands --
+for register in (tail.register, worker.register, replay.register, usage.register, serve.register):
+    register(app)
 
 
 @app.callback()
@@ -50,7 +45,7 @@ def demo(
     keep_servers: Annotated[bool, typer.Option(help="Leave the local servers running at the end.")] = False,
 ) -> None:
     """Everything end to end on the local servers: services, tailer, workers, traffic, then the read models."""
-    from infra.demo import run_demo
+    from cli.demo import run_demo
 
     run_demo(ctx.obj, duration=duration, rate=rate, keep_servers=keep_servers)
 

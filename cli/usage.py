@@ -1,5 +1,4 @@
-"""Everyday commands: `cdcflow query ...` over the read models and `cdcflow status`; also registers
-`cdcflow serve read-api` (the HTTP read API, `sinks/read_api.py`).
+"""Everyday commands: `cdcflow query ...` over the read models and `cdcflow status`.
 
 Readable tables by default, `--json` for scripts. Exit codes: 0 ok; 1 unknown id, a store that is down, or (status)
 lag/backlog over the thresholds; 2 bad parameters (a date that does not parse, a bad window).
@@ -148,7 +147,7 @@ def top_products_tables(data: dict[str, Any]) -> list[Any]:
 
 def status_tables(data: dict[str, Any]) -> list[Any]:
     """`cdcflow status` as tables (from `Status.to_json()`)."""
-    from cdc.status import format_age
+    from cli.status import format_age
 
     def age(value: float | None) -> str:
         return "-" if value is None else format_age(value)
@@ -274,7 +273,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     Exit code 1 when lag or backlog is over the CDCFLOW_STATUS_MAX_* thresholds (for scripts and probes).
     """
-    from cdc.status import gather_status
+    from cli.status import gather_status
 
     settings: Settings = ctx.obj
     report = gather_status(settings)
@@ -284,9 +283,6 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add `query` and `status` to the cdcflow command line, and `read-api` to `cdcflow serve`."""
-    from producers.cli import register_app
-
-    register_app("read-api", "sinks.read_api:create_app", "read_api_port")
+    """Add `query` and `status` to the cdcflow command line."""
     app.add_typer(query_app, name="query")
     app.command("status")(status)

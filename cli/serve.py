@@ -1,7 +1,7 @@
-"""Commands of the producers package: `cdcflow serve NAME` and `cdcflow load`.
+"""`cdcflow serve NAME` (the example services and the read API) and `cdcflow load`.
 
-`APP_FACTORIES` maps a service name to "module:function" (a factory `f(settings) -> FastAPI`), imported only
-when that service is served; other packages add theirs with `register_app` (e.g. the read API).
+`APP_FACTORIES` maps a name to "module:function" (a factory `f(settings) -> FastAPI`), imported only when that
+app is served.
 """
 
 from __future__ import annotations
@@ -18,25 +18,20 @@ APP_FACTORIES: dict[str, str] = {
     "product": "producers.product:create_app",
     "order": "producers.order:create_app",
     "clickstream": "producers.clickstream:create_app",
+    "read-api": "sinks.read_api:create_app",
 }
 #: Default port of a service: a Settings attribute name (`cdcflow serve` uses it when --port is not given).
 PORT_SETTINGS: dict[str, str] = {
     "product": "product_port",
     "order": "order_port",
     "clickstream": "clickstream_port",
+    "read-api": "read_api_port",
 }
 DEFAULT_PORT = 8000
 
 
 class AppFactory(Protocol):
     def __call__(self, settings: Settings) -> Any: ...
-
-
-def register_app(name: str, target: str, port_setting: str | None = None) -> None:
-    """Make `cdcflow serve NAME` serve the app that `target` ("module:function") builds."""
-    APP_FACTORIES[name] = target
-    if port_setting:
-        PORT_SETTINGS[name] = port_setting
 
 
 def app_factory(name: str) -> AppFactory:

@@ -60,7 +60,7 @@ def _supervise(names: list[str], namespace: str | None) -> int:
     """One child process per read model (Faust: one consumer group per app); stop all when one ends."""
     children: dict[str, subprocess.Popen[bytes]] = {}
     for name in names:
-        argv = [sys.executable, "-c", "from cdc.cli import main; main()", "worker", "--read-model", name]
+        argv = [sys.executable, "-m", "cli", "worker", "--read-model", name]
         if namespace:
             argv += ["--namespace", namespace]
         children[name] = subprocess.Popen(argv)

@@ -1,0 +1,5 @@
+"""`python -m cli` runs the cdcflow command line."""
+
+from cli.main import main
+
+main()

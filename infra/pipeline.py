@@ -52,7 +52,7 @@ class Pipeline:
 
     def _spawn(self, name: str, args: Sequence[str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        child = Child(name, [sys.executable, "-m", "cdc", *args], self.log_dir / f"{name}.log")
+        child = Child(name, [sys.executable, "-m", "cli", *args], self.log_dir / f"{name}.log")
         env = {**os.environ, "CDCFLOW_LOG_JSON": "true", **self.env}
         with open(child.log_path, "ab") as log:
             child.proc = subprocess.Popen(

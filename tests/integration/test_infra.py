@@ -20,7 +20,7 @@ from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
-CDCFLOW = [sys.executable, "-m", "cdc"]
+CDCFLOW = [sys.executable, "-m", "cli"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

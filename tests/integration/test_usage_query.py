@@ -143,7 +143,7 @@ def test_cli_bad_date_exits_2(seeded: Seeded) -> None:
 def test_console_script_gives_no_traceback(settings: Settings, seeded: Seeded) -> None:
     """The real `cdcflow` entry point: exit code 1 and one line, not a traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "cdc", "query", "order", "nope", "--namespace", seeded.namespace],
+        [sys.executable, "-m", "cli", "query", "order", "nope", "--namespace", seeded.namespace],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1, proc.stderr

@@ -15,15 +15,15 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 from fastapi import FastAPI
 from pymongo import MongoClient
 
 from cdc.connect import postgres_connect
-from cdc.kafka import ensure_topics, kafka_config
+from cdc.kafka import ensure_topics
 from cdc.mongo import mongo_client
 from cdc.outbox import OUTBOX_COLLECTION
 from cdc.outbox_writer import OutboxWriter
+from cdc.publisher import Publisher
 from cdc.schemas import TOPIC_INVENTORY
 from cdc.services import SERVICE_DATABASES, service_database
 from cdc.settings import Settings
@@ -43,7 +43,7 @@ from sinks.stock_view import StockViewSink
 from streams.resnapshot import resnapshot
 from tests.helpers import free_port, unique, wait_for
 from tests.outbox_audit import order_discrepancies, page_view_discrepancies, product_discrepancies
-from tests.streams_support import WorkerProcess, caught_up, end_offsets
+from tests.streams_support import WorkerProcess, caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -268,32 +268,30 @@ def test_a_mixed_workload_changes_no_state_without_its_outbox_event(svc_settings
 # -- end to end: services + tailer + stock_view worker -----------------------------------------------------
 
 
-def _start_group_at_the_end(settings: Settings, group: str, topic: str, partitions: int) -> None:
-    """Commit `group`'s offsets at `topic`'s current end: its worker sees only what this test writes."""
+@pytest.fixture
+def own_inventory_topic(settings: Settings, kafka: object, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A topic of this test's own that the in-process tailer sends `inventory` events to.
 
-    def ends_now() -> dict[int, int] | None:
-        try:
-            return end_offsets(settings, topic, partitions)
-        except KafkaException:  # NotLeaderForPartition right after the topic was created: transient
-            return None
+    The tailer sends each event to its own topic, and the product service's is `inventory`, which the live
+    stock_view read model consumes: this test's products (p-0001 … like the demo's) must not reach it. Only the
+    topic name changes on the way to the producer; records are otherwise what the tailer sends."""
+    topic = unique("catsv_inventory")
+    ensure_topics(settings, [topic], partitions=settings.kafka_partitions)
+    real = Publisher.produce
 
-    ends = wait_for(ends_now, timeout=30, interval=0.5, what=f"the end offsets of {topic}")
-    consumer = Consumer(kafka_config(settings, **{"group.id": group, "enable.auto.commit": False}))
-    try:
-        consumer.commit(offsets=[TopicPartition(topic, p, max(end, 0)) for p, end in ends.items()],
-                        asynchronous=False)
-    finally:
-        consumer.close()
+    def produce(self: Publisher, target: str, *args: Any, **kwargs: Any) -> bool:
+        return real(self, topic if target == TOPIC_INVENTORY else target, *args, **kwargs)
+
+    monkeypatch.setattr(Publisher, "produce", produce)
+    return topic
 
 
 def test_stock_view_equals_the_products_after_seeds_purchases_and_reseeds(
-    svc_settings: Settings, kafka: object, postgres: object, tmp_path: Path
+    svc_settings: Settings, own_inventory_topic: str, postgres: object, tmp_path: Path
 ) -> None:
-    s = svc_settings
+    s, topic = svc_settings, own_inventory_topic
     partitions = s.kafka_partitions
     ns, group = unique("catsv"), unique("catsv.stock_view")
-    ensure_topics(s, [TOPIC_INVENTORY], partitions=partitions)
-    _start_group_at_the_end(s, group, TOPIC_INVENTORY, partitions)
     client = mongo_client(s)
     product_db = client[service_database(s, "product")]
     sink = build_sink("stock_view", s, ns)
@@ -301,7 +299,7 @@ def test_stock_view_equals_the_products_after_seeds_purchases_and_reseeds(
     # Stored before the catalogue had events (version 0): its seed creates it.
     product_db["products"].insert_one({"_id": "p-0007", "name": "Old", "price": "1.00", "stock": 1, "version": 0})
     tailer = Tailer(s, [product_db.name], client=client).start()
-    worker = WorkerProcess("stock_view", TOPIC_INVENTORY, group, ns, tmp_path)
+    worker = WorkerProcess("stock_view", topic, group, ns, tmp_path)
 
     def products() -> dict[str, tuple[int, int]]:
         return {d["_id"]: (d["stock"], d["version"]) for d in product_db["products"].find()}
@@ -311,7 +309,7 @@ def test_stock_view_equals_the_products_after_seeds_purchases_and_reseeds(
 
     def settled() -> bool:
         return (product_db[OUTBOX_COLLECTION].count_documents({"published": False}) == 0
-                and caught_up(s, group, TOPIC_INVENTORY, partitions) and view() == products())
+                and caught_up(s, group, topic, partitions) and view() == products())
 
     try:
         with serving(s, ("product",)) as targets, httpx.Client(timeout=30) as http:
@@ -346,7 +344,7 @@ def test_stock_view_equals_the_products_after_seeds_purchases_and_reseeds(
             conn.execute(psycopg.sql.SQL("UPDATE {}.stock_view SET stock = stock + 1000 WHERE product_id = %s")
                          .format(psycopg.sql.Identifier(ns)), ("p-0003",))
         assert view() != products()
-        report = resnapshot(s, "product")
+        report = resnapshot(s, "product", topic=topic)
         assert report.events == 12 and report.unversioned == 0
         wait_for(settled, timeout=120, interval=0.5, what="the resnapshot to repair the drifted row")
     finally:

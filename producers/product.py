@@ -7,8 +7,8 @@ writes nothing:
   already as asked writes nothing, so a re-seed churns neither versions nor events;
 - a purchase decrements stock (InventoryDecremented), or answers 409 and writes nothing.
 
-A product stored at version 0 (written before the catalogue had events, so no event ever described it) is
-created, with its ProductCreated, by its next seed.
+A product stored at version 0 (written before the catalogue had events, so no event ever described it) gets its
+ProductCreated from the next write that touches it (a seed, or a purchase: then before its InventoryDecremented).
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ def purchase(
         doc = products.find_one_and_update(
             {"_id": product_id, "stock": {"$gte": quantity}},
             {"$inc": {"stock": -quantity, "version": 1}},
-            projection={"stock": 1, "version": 1},
+            projection={"name": 1, "price": 1, "stock": 1, "version": 1},
             return_document=ReturnDocument.AFTER,
             session=session,
         )
@@ -291,6 +291,15 @@ def purchase(
             if products.find_one({"_id": product_id}, {"_id": 1}, session=session) is None:
                 raise UnknownProductError(product_id)
             raise InsufficientStockError(product_id)
+        events: list[Event] = []
+        if doc["version"] == 1:
+            # It was at version 0: stored before the catalogue had events. Its ProductCreated (as it was before
+            # this purchase) comes first, so its events still describe all of it.
+            created = ProductCreated.build(product_id=product_id, name=doc.get("name"), price=doc.get("price"),
+                                           stock=doc["stock"] + quantity)
+            events.append(_event(product_id, created, 1, trace_id))
+            products.update_one({"_id": product_id}, {"$inc": {"version": 1}}, session=session)
+            doc["version"] = 2
         payload = InventoryDecremented.build(
             product_id=product_id,
             quantity=quantity,
@@ -305,7 +314,7 @@ def purchase(
             stock=doc["stock"],
             version=doc["version"],
             event_id=event.event_id,
-        ), [event]
+        ), [*events, event]
 
     result = writer.transact(work)
     log.info(
@@ -335,8 +344,8 @@ def _routes(app: FastAPI) -> None:
     def purchase_product(
         product_id: ProductId,
         quantity: Annotated[int, Query(gt=0, le=1_000_000, description="How many to buy (positive integer)")],
-        order_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-        customer_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        order_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_LENGTH)] = None,
+        customer_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_LENGTH)] = None,
         ctx: ServiceContext = Depends(context),
     ) -> PurchaseResult:
         try:

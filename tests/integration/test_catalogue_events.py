@@ -107,13 +107,21 @@ def test_catalogue_writes_emit_their_events_and_a_reseed_that_changes_nothing_wr
     try:
         writer = OutboxWriter(client, service_database(svc_settings, "product"))
         db, products, outbox = writer.database, writer.database["products"], writer.outbox
-        # A product stored before the catalogue had events: version 0, nothing in the outbox.
+        # Products stored before the catalogue had events: version 0, nothing in the outbox.
         products.insert_one({"_id": "p-0003", "name": "Old", "price": "1.00", "stock": 4, "version": 0})
+        products.insert_one({"_id": "legacy", "name": "Old", "price": "1.00", "stock": 4, "version": 0})
+        # Its first purchase writes its ProductCreated (as it was) before its InventoryDecremented.
+        assert purchase(writer, "legacy", 1).version == 2
+        assert outbox_types(db, "legacy") == [(1, "ProductCreated"), (2, "InventoryDecremented")]
+        legacy_created = outbox.find_one({"aggregate_id": "legacy", "version": 1})
+        assert legacy_created is not None and legacy_created["payload"]["stock"] == 4
 
         first = seed_catalogue(writer, demo_catalogue(5, stock=10))
         assert first.to_json() == {"written": 5, "created": 5, "updated": 0, "stock_adjusted": 0, "unchanged": 0,
                                    "events": 5}
-        assert {d["_id"]: d["version"] for d in products.find()} == {f"p-000{i}": 1 for i in range(1, 6)}
+        assert {d["_id"]: d["version"] for d in products.find({"_id": {"$ne": "legacy"}})} == {
+            f"p-000{i}": 1 for i in range(1, 6)
+        }
         assert outbox_types(db, "p-0003") == [(1, "ProductCreated")]
         created = outbox.find_one({"aggregate_id": "p-0001"})
         assert created is not None and created["topic"] == TOPIC_INVENTORY
@@ -124,7 +132,7 @@ def test_catalogue_writes_emit_their_events_and_a_reseed_that_changes_nothing_wr
         again = seed_catalogue(writer, demo_catalogue(5, stock=10))
         assert again.to_json()["unchanged"] == 5 and again.events == 0
         assert outbox.count_documents({}) == before
-        assert {d["version"] for d in products.find()} == {1}
+        assert {d["version"] for d in products.find({"_id": {"$ne": "legacy"}})} == {1}
 
         # A purchase, then the demo's re-seed puts stock back: one StockAdjusted, with the signed change.
         bought = purchase(writer, "p-0002", 3, order_id="o-1")

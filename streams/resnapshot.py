@@ -10,7 +10,7 @@
   snapshot at a later version than it has, or at the same version when its stock differs (a repair). The event
   id is derived from (database, product, version), so a second resnapshot of an unchanged product repeats it.
   A product at version 0 (stored before the catalogue had events) has no version to give: it is counted as
-  `skipped_unversioned`, and its next seed creates it (ProductCreated).
+  `skipped_unversioned`, and its next seed or purchase creates it (ProductCreated).
 - `clickstream`: its `outbox` documents, published or not, in creation order; only the retained ones come back.
 
 Records are what the tailer sends (value = event JSON, key = aggregate id, the same headers), through the
@@ -156,7 +156,7 @@ def _product_snapshots(database: Any, skipped: list[str], unversioned: list[str]
         if not isinstance(version, int) or version < 1:
             unversioned.append(product_id)
             log.warning("resnapshot_unversioned_product", product_id=product_id,
-                        hint="no event describes it yet; its next seed creates it")
+                        hint="no event describes it yet; its next seed or purchase creates it")
             continue
         try:
             payload = ProductSnapshot.build(product_id=product_id, name=doc.get("name"), price=doc.get("price"),

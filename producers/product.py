@@ -103,7 +103,7 @@ class PurchaseResult(BaseModel):
 
 @dataclass
 class SeedResult:
-    """What a seed did: products per outcome (created, updated, restocked, unchanged) and events written."""
+    """What a seed did: products per outcome (created, updated, stock_adjusted, unchanged) and events written."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     events: int = 0
@@ -194,8 +194,9 @@ def _seed_work(
         if current is None:
             writes.append(InsertOne({"_id": wanted.id, **state}))
         else:
-            # Guarded by the version read above: a purchase committed in between makes this transaction read again.
-            writes.append(UpdateOne({"_id": wanted.id, "version": current.get("version", 0)}, {"$set": state}))
+            # Guarded by the version read above (None also matches a document without one): a purchase committed
+            # in between makes this transaction read again.
+            writes.append(UpdateOne({"_id": wanted.id, "version": current.get("version")}, {"$set": state}))
     if writes:
         done = db[PRODUCTS].bulk_write(writes, ordered=True, session=session)
         if done.inserted_count + done.matched_count != len(writes):

@@ -108,7 +108,7 @@ def test_catalogue_writes_emit_their_events_and_a_reseed_that_changes_nothing_wr
         writer = OutboxWriter(client, service_database(svc_settings, "product"))
         db, products, outbox = writer.database, writer.database["products"], writer.outbox
         # Products stored before the catalogue had events: version 0, nothing in the outbox.
-        products.insert_one({"_id": "p-0003", "name": "Old", "price": "1.00", "stock": 4, "version": 0})
+        products.insert_one({"_id": "p-0003", "name": "Old", "price": "1.00", "stock": 4})  # not even a version
         products.insert_one({"_id": "legacy", "name": "Old", "price": "1.00", "stock": 4, "version": 0})
         # Its first purchase writes its ProductCreated (as it was) before its InventoryDecremented.
         assert purchase(writer, "legacy", 1).version == 2

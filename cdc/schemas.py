@@ -19,7 +19,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cdc.errors import InvalidEventError
 from cdc.event import Event
@@ -90,6 +90,13 @@ class StockAdjusted(_Payload):
     product_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     change: int = Field(ge=-MAX_STOCK, le=MAX_STOCK)
     stock_after: int = Field(ge=0, le=MAX_STOCK)
+
+    @field_validator("change")
+    @classmethod
+    def _a_change(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("a stock adjustment changes the stock (0 is no adjustment)")
+        return value
 
 
 class InventoryDecremented(_Payload):

@@ -67,3 +67,8 @@ def test_stock_beyond_what_the_stock_view_can_hold_is_refused() -> None:
         wanted(stock=2**31)
     with pytest.raises(InvalidEventError, match="stock"):
         ProductCreated.build(product_id="p-1", name="n", price=Decimal(1), stock=2**31)
+
+
+def test_a_stock_adjustment_of_zero_is_no_event() -> None:
+    with pytest.raises(InvalidEventError, match="change"):
+        StockAdjusted.build(product_id="p-1", change=0, stock_after=5)

@@ -50,7 +50,7 @@ class PageViewIn(BaseModel):
 def page_view_event(view: PageViewIn, trace_id: str | None = None) -> Event:
     """The PageViewed event of one page view."""
     when = view.timestamp or utcnow()
-    payload = PageViewed(
+    payload = PageViewed.build(
         user_id=view.user_id, url=view.url, product_id=view.product_id, referrer=view.referrer, timestamp=when
     )
     return Event.create(

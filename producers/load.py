@@ -273,12 +273,16 @@ class LoadGenerator:
 
     # -- running ----------------------------------------------------------------------------------------
 
-    def seed_catalogue(self, stock: int = 1_000_000) -> None:
-        """Make sure the products the visitors buy exist, with plenty of stock."""
+    def seed_catalogue(self, stock: int = 1_000_000) -> dict[str, int]:
+        """Make sure the products the visitors buy exist, with `stock` each; returns the service's answer
+        (products created, updated, restocked, unchanged and the events that wrote it)."""
         r = self.http.post(
             f"{self.targets.product}/products/seed", params={"count": self.mix.products, "stock": stock}
         )
         r.raise_for_status()
+        seeded: dict[str, int] = r.json()
+        log.info("catalogue seeded", **seeded)
+        return seeded
 
     def run(self, rate: float, duration: float) -> LoadReport:
         """Send about `rate` requests per second for `duration` seconds; wait for in-flight ones."""

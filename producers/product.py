@@ -17,19 +17,24 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 
 from cdc.event import Event
+from cdc.http_api import error_responses
+from cdc.limits import MAX_ID_LENGTH, MAX_TEXT_LENGTH
 from cdc.logs import get_logger
 from cdc.outbox_writer import OutboxWriter
 from cdc.schemas import TOPIC_INVENTORY, InventoryDecremented, payload_json
 from cdc.settings import Settings
 from producers.app import ServiceContext, conflict, context, create_service_app, not_found
+from producers.bounds import MAX_AMOUNT, MAX_QUANTITY, MAX_STOCK
 
 SERVICE = "product"
 SOURCE = "product-service"
 PRODUCTS = "products"
 PROJECTION = {"_id": 1, "name": 1, "price": 1, "stock": 1}
+#: Most products one seed request may write: a larger one took over the 10 s request deadline here.
+MAX_SEED = 1000
 
 Document = dict[str, Any]
-ProductId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
+ProductId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 log = get_logger(__name__)
 
@@ -46,10 +51,10 @@ class ProductIn(BaseModel):
     """A catalogue entry to seed (upsert): name, price, stock."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
-    name: str = Field(min_length=1, max_length=500)
-    price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
-    stock: int = Field(ge=0)
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[A-Za-z0-9._:-]+$")
+    name: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH)
+    price: Decimal = Field(ge=0, le=MAX_AMOUNT, max_digits=12, decimal_places=2)
+    stock: int = Field(ge=0, le=MAX_STOCK)
 
 
 class PurchaseResult(BaseModel):
@@ -180,19 +185,19 @@ def _setup(ctx: ServiceContext) -> None:
 
 
 def _routes(app: FastAPI) -> None:
-    @app.get("/products/{product_id}")
+    @app.get("/products/{product_id}", responses=error_responses(401, 403, 404, 422, 503, 504))
     def get_product(product_id: ProductId, ctx: ServiceContext = Depends(context)) -> dict[str, Any]:
         doc = ctx.run(lambda: ctx.db[PRODUCTS].find_one({"_id": product_id}, PROJECTION))
         if doc is None:
             raise not_found(f"Product {product_id} not found")
         return product_view(doc)
 
-    @app.post("/products/{product_id}/purchase")
+    @app.post("/products/{product_id}/purchase", responses=error_responses(401, 403, 404, 409, 422, 503, 504))
     def purchase_product(
         product_id: ProductId,
-        quantity: Annotated[int, Query(gt=0, le=1_000_000, description="How many to buy (positive integer)")],
-        order_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-        customer_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        quantity: Annotated[int, Query(gt=0, le=MAX_QUANTITY, description="How many to buy (positive integer)")],
+        order_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_LENGTH)] = None,
+        customer_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_LENGTH)] = None,
         ctx: ServiceContext = Depends(context),
     ) -> PurchaseResult:
         try:
@@ -204,18 +209,26 @@ def _routes(app: FastAPI) -> None:
         except InsufficientStockError:
             raise conflict("Insufficient stock") from None
 
-    @app.post("/products", status_code=200)
+    @app.post("/products", status_code=200, responses={**error_responses(400, 401, 403, 413, 422, 503, 504), 200: {
+        "description": "How many products were written",
+        "links": {
+            "GetProduct": {"operationId": "get_product_products__product_id__get",
+                           "parameters": {"product_id": "$request.body#/0/id"}},
+            "PurchaseProduct": {"operationId": "purchase_product_products__product_id__purchase_post",
+                                "parameters": {"product_id": "$request.body#/0/id"}},
+        },
+    }})
     def seed_products(
-        products: Annotated[list[ProductIn], Body(min_length=1, max_length=10_000)],
+        products: Annotated[list[ProductIn], Body(min_length=1, max_length=MAX_SEED)],
         ctx: ServiceContext = Depends(context),
     ) -> dict[str, int]:
         """Seed (upsert) catalogue entries."""
         return {"written": ctx.run(lambda: seed_catalogue(ctx.db, products))}
 
-    @app.post("/products/seed")
+    @app.post("/products/seed", responses=error_responses(401, 403, 422, 503, 504))
     def seed_demo(
-        count: Annotated[int, Query(gt=0, le=10_000)] = 100,
-        stock: Annotated[int, Query(ge=0)] = 1_000_000,
+        count: Annotated[int, Query(gt=0, le=MAX_SEED)] = 100,
+        stock: Annotated[int, Query(ge=0, le=MAX_STOCK)] = 1_000_000,
         ctx: ServiceContext = Depends(context),
     ) -> dict[str, int]:
         """Seed the demo catalogue `p-0001`…`p-<count>` with `stock` each."""

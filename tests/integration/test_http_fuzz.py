@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 20261130
 #: Examples per operation and phase: the whole fuzz of the four APIs stays near 3 minutes on 2 cores.
-MAX_EXAMPLES = 20
+MAX_EXAMPLES = 15
 APPS = ("product", "order", "clickstream", "read-api")
 
 CONFIG = """\

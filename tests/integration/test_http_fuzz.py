@@ -119,5 +119,7 @@ def test_schemathesis_finds_nothing(
             client.drop_database(service_database(settings.model_copy(update={"service_db_prefix": prefix}), service))
         client.close()
     print(f"{name}: schemathesis ran {time.monotonic() - started:.0f} s\n{report[-1500:]}")
-    assert code == 0, f"schemathesis found problems in {name}:\n{report[-12000:]}\n--- server log ---\n{server_log[-3000:]}"
+    assert code == 0, (
+        f"schemathesis found problems in {name}:\n{report[-12000:]}\n--- server log ---\n{server_log[-3000:]}"
+    )
     assert "unexpected error" not in server_log, server_log[-3000:]

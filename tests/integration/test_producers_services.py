@@ -10,15 +10,17 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 from pymongo import MongoClient, monitoring
 
-from cdc.http_api import ApiError
+from cdc.http_api import ApiError, ApiKind, auth_headers
 from cdc.mongo import mongo_client
 from cdc.outbox_writer import OutboxWriter
 from cdc.schemas import OrderItem
@@ -39,6 +41,7 @@ from producers.order_state import (
     TransitionError,
 )
 from tests.helpers import free_port, unique, wait_for
+from tests.http_support import WRITE_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -382,7 +385,17 @@ def test_state_from_snapshot_and_tail_equals_full_replay(
 
 @pytest.fixture
 def served(svc_settings: Settings) -> Iterator[Targets]:
-    s = svc_settings.model_copy(update={"service_db_prefix": unique("prodload") + "_"})
+    yield from _served(svc_settings.model_copy(update={"service_db_prefix": unique("prodload") + "_"}))
+
+
+@pytest.fixture
+def served_with_key(svc_settings: Settings) -> Iterator[Targets]:
+    yield from _served(svc_settings.model_copy(update={
+        "service_db_prefix": unique("prodkey") + "_", "write_api_key": SecretStr(WRITE_KEY),
+    }))
+
+
+def _served(s: Settings) -> Iterator[Targets]:
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
     urls: dict[str, str] = {}
     for name, factory in FACTORIES.items():
@@ -399,7 +412,10 @@ def served(svc_settings: Settings) -> Iterator[Targets]:
     try:
         for server, _ in servers:
             wait_for(lambda server=server: server.started, timeout=30, what="uvicorn start")  # type: ignore[misc]
-        yield Targets(product=urls["product"], order=urls["order"], clickstream=urls["clickstream"])
+        yield Targets(
+            product=urls["product"], order=urls["order"], clickstream=urls["clickstream"],
+            headers=auth_headers(s, ApiKind.WRITE),
+        )
     finally:
         for server, thread in servers:
             server.should_exit = True
@@ -419,3 +435,14 @@ def test_load_generates_the_whole_lifecycle_at_about_the_target_rate(served: Tar
         assert report.requests[action] > 0, f"no {action} in {dict(report.requests)}"
     achieved = report.as_dict()["achieved_request_rate"]
     assert achieved >= 40 * 0.7, report.render()
+
+
+def test_load_sends_the_write_key_when_one_is_configured(served_with_key: Targets) -> None:
+    mix = Mix(buy=0.5, step_delay=0.05, products=3)
+    assert served_with_key.headers == {"Authorization": f"Bearer {WRITE_KEY}"}
+    report = run_load(served_with_key, rate=20, duration=2, seed=3, workers=8, mix=mix)
+    assert report.failed == 0 and report.ok > 0, report.failures
+    without = Targets(served_with_key.product, served_with_key.order, served_with_key.clickstream)
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        run_load(without, rate=20, duration=1, seed=3, workers=8, mix=mix)
+    assert info.value.response.status_code == 401

@@ -45,6 +45,8 @@ _ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}([.,]\d{1
 
 def _iso(pattern: re.Pattern[str], what: str, example: str) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
+        if isinstance(value, date):  # built in Python, not parsed from a request
+            return value
         # Pydantic alone would also take a number (seconds since 1970) or "0": the schema says an ISO string.
         if not isinstance(value, str) or not pattern.match(value):
             raise ValueError(f"expected an ISO-8601 {what} string, e.g. {example}")

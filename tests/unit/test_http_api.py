@@ -177,3 +177,21 @@ def test_clients_send_the_key_of_the_api_they_call() -> None:
     assert auth_headers(settings, ApiKind.WRITE) == {"Authorization": f"Bearer {WRITE_KEY}"}
     assert auth_headers(keyed(http_auth_scheme="api-key"), ApiKind.READ) == {"X-API-Key": READ_KEY}
     assert auth_headers(load_settings(write_api_key=None), ApiKind.WRITE) == {}
+
+
+def test_iso_types_take_python_values_and_iso_strings_only() -> None:
+    from datetime import UTC, date, datetime
+
+    from pydantic import TypeAdapter
+
+    from cdc.http_api import IsoDate, IsoDateTime
+
+    when = datetime(2026, 1, 31, 12, tzinfo=UTC)
+    assert TypeAdapter(IsoDateTime).validate_python(when) == when
+    assert TypeAdapter(IsoDateTime).validate_python("2026-01-31T12:00:00Z") == when
+    assert TypeAdapter(IsoDate).validate_python(date(2026, 1, 31)) == date(2026, 1, 31)
+    for bad in (0, "0", "1769860800", 1.5):
+        with pytest.raises(ValidationError, match="ISO-8601"):
+            TypeAdapter(IsoDateTime).validate_python(bad)
+        with pytest.raises(ValidationError, match="ISO-8601"):
+            TypeAdapter(IsoDate).validate_python(bad)

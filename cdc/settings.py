@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Shortest API key the HTTP APIs accept (a guessable key is no key).
+MIN_API_KEY_LENGTH = 16
 
 
 def _env(*names: str) -> AliasChoices:
@@ -154,6 +157,26 @@ class Settings(BaseSettings):
     status_max_backlog_age_seconds: float = Field(default=60.0, gt=0)
     # Per-call deadline (seconds) of the Kafka and MongoDB requests `status` makes.
     status_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # HTTP APIs
+    # API keys, one for the write services (product, order, clickstream), one for the read API: a key of the other
+    # kind gets 403. Unset: that API is open, and `cdcflow serve` refuses to bind it beyond loopback.
+    write_api_key: SecretStr | None = None
+    read_api_key: SecretStr | None = None
+    # How clients present a key: `Authorization: Bearer KEY` ("bearer") or `X-API-Key: KEY` ("api-key").
+    http_auth_scheme: Literal["bearer", "api-key"] = "bearer"
+    # Request bodies over this many bytes get 413 before they are read (the largest batch fits well inside).
+    http_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Deadline of one read-API query in its store (the Neo4j transaction timeout, the Cassandra request
+    # timeout): beyond it the API answers 504.
+    read_api_query_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("write_api_key", "read_api_key")
+    @classmethod
+    def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"an API key needs at least {MIN_API_KEY_LENGTH} characters")
+        return value
 
     @property
     def mongo_uri(self) -> str:

@@ -31,6 +31,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from cdc.event import Event
+from cdc.http_api import error_responses
 from cdc.limits import MAX_ID_LENGTH, MAX_NAME_LENGTH, MAX_STOCK
 from cdc.logs import get_logger
 from cdc.outbox_writer import OutboxWriter
@@ -44,6 +45,7 @@ from cdc.schemas import (
 )
 from cdc.settings import Settings
 from producers.app import ServiceContext, ServiceError, conflict, context, create_service_app, not_found
+from producers.bounds import MAX_AMOUNT, MAX_QUANTITY
 
 SERVICE = "product"
 SOURCE = "product-service"
@@ -52,6 +54,8 @@ PROJECTION = {"_id": 1, "name": 1, "price": 1, "stock": 1}
 ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 CENT = Decimal("0.01")
 
+#: Most products one seed request may write: a larger one took over the 10 s request deadline here.
+MAX_SEED = 1000
 #: Products per seed transaction: each one's change and events commit together; a large seed is several.
 SEED_CHUNK = 500
 #: How long a seed chunk retries when a concurrent write moved one of its products.
@@ -89,7 +93,7 @@ class ProductIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)
     name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
-    price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+    price: Decimal = Field(ge=0, le=MAX_AMOUNT, max_digits=12, decimal_places=2)
     stock: int = Field(ge=0, le=MAX_STOCK)
 
 
@@ -334,17 +338,17 @@ def _setup(ctx: ServiceContext) -> None:
 
 
 def _routes(app: FastAPI) -> None:
-    @app.get("/products/{product_id}")
+    @app.get("/products/{product_id}", responses=error_responses(401, 403, 404, 422, 503, 504))
     def get_product(product_id: ProductId, ctx: ServiceContext = Depends(context)) -> dict[str, Any]:
         doc = ctx.run(lambda: ctx.db[PRODUCTS].find_one({"_id": product_id}, PROJECTION))
         if doc is None:
             raise not_found(f"Product {product_id} not found")
         return product_view(doc)
 
-    @app.post("/products/{product_id}/purchase")
+    @app.post("/products/{product_id}/purchase", responses=error_responses(401, 403, 404, 409, 422, 503, 504))
     def purchase_product(
         product_id: ProductId,
-        quantity: Annotated[int, Query(gt=0, le=1_000_000, description="How many to buy (positive integer)")],
+        quantity: Annotated[int, Query(gt=0, le=MAX_QUANTITY, description="How many to buy (positive integer)")],
         order_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_LENGTH)] = None,
         customer_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_LENGTH)] = None,
         ctx: ServiceContext = Depends(context),
@@ -358,17 +362,25 @@ def _routes(app: FastAPI) -> None:
         except InsufficientStockError:
             raise conflict("Insufficient stock") from None
 
-    @app.post("/products", status_code=200)
+    @app.post("/products", status_code=200, responses={**error_responses(400, 401, 403, 413, 422, 503, 504), 200: {
+        "description": "How many products were written",
+        "links": {
+            "GetProduct": {"operationId": "get_product_products__product_id__get",
+                           "parameters": {"product_id": "$request.body#/0/id"}},
+            "PurchaseProduct": {"operationId": "purchase_product_products__product_id__purchase_post",
+                                "parameters": {"product_id": "$request.body#/0/id"}},
+        },
+    }})
     def seed_products(
-        products: Annotated[list[ProductIn], Body(min_length=1, max_length=10_000)],
+        products: Annotated[list[ProductIn], Body(min_length=1, max_length=MAX_SEED)],
         ctx: ServiceContext = Depends(context),
     ) -> dict[str, int]:
         """Seed catalogue entries: create new ones, update those that differ (each with its event)."""
         return _seed(ctx, products)
 
-    @app.post("/products/seed")
+    @app.post("/products/seed", responses=error_responses(401, 403, 422, 503, 504))
     def seed_demo(
-        count: Annotated[int, Query(gt=0, le=10_000)] = 100,
+        count: Annotated[int, Query(gt=0, le=MAX_SEED)] = 100,
         stock: Annotated[int, Query(ge=0, le=MAX_STOCK)] = 1_000_000,
         ctx: ServiceContext = Depends(context),
     ) -> dict[str, int]:

@@ -26,6 +26,10 @@ class TransientSinkError(SinkError):
     """The write may succeed later (server down, timeout, deadlock): retry it."""
 
 
+class SinkTimeoutError(TransientSinkError):
+    """A query ran past its deadline (the store is up, the query was too slow): the read API answers 504."""
+
+
 class PermanentSinkError(SinkError):
     """The write can never succeed for this input: dead-letter it."""
 

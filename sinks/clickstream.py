@@ -11,14 +11,16 @@ view gets the same expiry (and a view already past retention is not written at a
 from __future__ import annotations
 
 import contextlib
+import heapq
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any, ClassVar
 from uuid import UUID
 
-from cassandra import DriverException, RequestValidationException
+from cassandra import DriverException, OperationTimedOut, ReadTimeout, RequestValidationException
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import PreparedStatement
@@ -29,13 +31,16 @@ from cdc.event import Event
 from cdc.logs import get_logger
 from cdc.schemas import PageViewed, parse_payload
 from cdc.settings import Settings
-from sinks.base import PermanentSinkError, Sink, TransientSinkError
+from sinks.base import PermanentSinkError, Sink, SinkTimeoutError, TransientSinkError
 from sinks.pointers import POINTER_TTL_SECONDS, cassandra_pointer, clear_cassandra_pointer
 
 log = get_logger(__name__)
 
 #: Concurrent async writes in flight per batch.
 CONCURRENCY = 64
+
+#: Where a page of views ends: the last view's (ts, event_id); the next page starts after it.
+ViewKey = tuple[datetime, str]
 
 
 @dataclass(frozen=True)
@@ -257,40 +262,81 @@ class ClickstreamSink(Sink):
 
     # -- reads ----------------------------------------------------------------------------------------
 
+    def _query(self, query: str, params: Sequence[Any]) -> Any:
+        """A read of the query API, bounded by `read_api_query_timeout_seconds` (past it: SinkTimeoutError)."""
+        session = self._connect()
+        try:
+            return session.execute(query, params, timeout=self.settings.read_api_query_timeout_seconds)
+        except (OperationTimedOut, ReadTimeout) as exc:
+            # The store is up and the session stays: only this query was too slow.
+            raise SinkTimeoutError("cassandra did not answer the query in time") from exc
+        except Exception as exc:
+            err = classify_cassandra_error(exc)
+            if isinstance(err, TransientSinkError):
+                self.close()
+            raise err from exc
+
     def has_visitor(self, user_id: str) -> bool:
         """True when `user_id` has a page view within retention."""
-        rows = self._execute(f"SELECT user_id FROM {self.keyspace()}.visitors WHERE user_id = %s", (user_id,))
+        rows = self._query(f"SELECT user_id FROM {self.keyspace()}.visitors WHERE user_id = %s", (user_id,))
         return rows.one() is not None
 
     def views(self, user_id: str, day: date) -> list[PageView]:
         """A user's page views on `day`, oldest first."""
-        rows = self._execute(
+        rows = self._query(
             f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
             f"FROM {self.keyspace()}.page_views_by_user_day WHERE user_id = %s AND day = %s",
             (user_id, day),
         )
         return [_view(r) for r in rows]
 
-    def views_between(self, user_id: str, start: datetime, end: datetime) -> list[PageView]:
-        """A user's page views with start <= ts < end (one partition per day), oldest first."""
+    def views_between(
+        self, user_id: str, start: datetime, end: datetime, *, after: ViewKey | None = None, limit: int | None = None
+    ) -> list[PageView]:
+        """A user's page views with start <= ts < end, oldest first (one partition per day): those after the
+        view `after` (a page's last (ts, event_id)) when given, and at most `limit` of them."""
         out: list[PageView] = []
         start, end = start.astimezone(UTC), end.astimezone(UTC)
-        day = start.date()
-        while day <= end.date():
-            out.extend(v for v in self.views(user_id, day) if start <= v.ts < end)
+        if after is not None and after[0] < start:
+            after = None
+        day = (after[0] if after is not None else start).date()
+        while datetime.combine(day, dt_time.min, UTC) < end and (limit is None or len(out) < limit):
+            out.extend(self._views_of_day(user_id, day, start, end, after, None if limit is None else limit - len(out)))
             day += timedelta(days=1)
         return out
 
+    def _views_of_day(
+        self, user_id: str, day: date, start: datetime, end: datetime, after: ViewKey | None, limit: int | None
+    ) -> list[PageView]:
+        # Cassandra allows no mix of single- and multi-column relations on clustering columns: all multi-column.
+        lower, params = "(ts) >= (%s)", [user_id, day, start]
+        if after is not None:
+            lower, params = "(ts, event_id) > (%s, %s)", [user_id, day, after[0], UUID(after[1])]
+        query = (
+            f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
+            f"FROM {self.keyspace()}.page_views_by_user_day WHERE user_id = %s AND day = %s AND {lower} AND (ts) < (%s)"
+        )
+        params.append(end)
+        if limit is not None:
+            query += " LIMIT %s"
+            params.append(limit)
+        return [_view(r) for r in self._query(query, params)]
+
     def top_products(self, day: date, limit: int = 10) -> list[tuple[str, int]]:
-        """Most viewed products on `day` as (product_id, views), most viewed first."""
-        rows = self._execute(
+        """Most viewed products on `day` as (product_id, views), most viewed first.
+
+        The store counts per product; only the `limit` best are kept while the driver pages through the counts,
+        so memory stays bounded however many products were viewed that day."""
+        rows = self._query(
             f"SELECT product_id, count(*) AS n FROM {self.keyspace()}.product_views_by_day "
             "WHERE day = %s GROUP BY product_id",
             (day,),
         )
-        counts = [(r.product_id, int(r.n)) for r in rows]
-        counts.sort(key=lambda pc: (-pc[1], pc[0]))
-        return counts[:limit]
+        try:
+            best = heapq.nsmallest(limit, ((-int(r.n), r.product_id) for r in rows))
+        except (OperationTimedOut, ReadTimeout) as exc:  # a later page of the counts timed out
+            raise SinkTimeoutError("cassandra did not answer the query in time") from exc
+        return [(product, -negative) for negative, product in best]
 
     def snapshot(self) -> dict[str, list[Any]]:
         users = self._execute(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, LiteralString
 
-from neo4j import Driver, ManagedTransaction, Session
+from neo4j import Driver, ManagedTransaction, Session, unit_of_work
 from neo4j.exceptions import (
     ClientError,
     DatabaseUnavailable,
@@ -44,7 +44,7 @@ from cdc.schemas import (
     parse_payload,
 )
 from cdc.settings import Settings
-from sinks.base import PermanentSinkError, Sink, TransientSinkError
+from sinks.base import PermanentSinkError, Sink, SinkTimeoutError, TransientSinkError
 from sinks.order_view import ORDER_EVENT_TYPES, order_key
 
 log = get_logger(__name__)
@@ -53,6 +53,11 @@ DEFAULT_NAMESPACE = "cdcflow"
 
 #: How long the driver itself retries a transaction before the sink reports a transient error.
 DRIVER_RETRY_SECONDS = 2.0
+#: Neo4j's codes for a transaction ended by its timeout (the client's, or the server's default one).
+TIMEOUT_CODES = frozenset({
+    "Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration",
+    "Neo.ClientError.Transaction.TransactionTimedOut",
+})
 
 
 def classify_neo4j_error(exc: BaseException) -> Exception:
@@ -137,16 +142,27 @@ class PurchaseGraphSink(Sink):
         # The worker retries with its own backoff: the driver's own retries (30 s by default) only delay that.
         return self._drv().session(max_transaction_retry_time=DRIVER_RETRY_SECONDS)
 
-    def _read(self, text: str, **params: Any) -> list[dict[str, Any]]:
+    def _read(self, text: str, *, timeout: float | None = None, **params: Any) -> list[dict[str, Any]]:
+        """Run a read; with `timeout`, Neo4j ends the transaction past it (SinkTimeoutError)."""
+
+        @unit_of_work(timeout=timeout)
         def work(tx: ManagedTransaction) -> list[dict[str, Any]]:
             return [r.data() for r in tx.run(self._q(text), params)]
 
         try:
             with self._session() as session:
                 result: list[dict[str, Any]] = session.execute_read(work)
+        except ClientError as exc:
+            if exc.code in TIMEOUT_CODES:
+                raise SinkTimeoutError(f"neo4j ended the query after {timeout:g} s") from exc
+            raise self._fail(exc) from exc
         except Exception as exc:
             raise self._fail(exc) from exc
         return result
+
+    @property
+    def _query_timeout(self) -> float:
+        return self.settings.read_api_query_timeout_seconds
 
     def _fail(self, exc: BaseException) -> Exception:
         err = classify_neo4j_error(exc)
@@ -286,7 +302,7 @@ class PurchaseGraphSink(Sink):
             RETURN other.product_id AS product_id, count(DISTINCT c) AS n
             ORDER BY n DESC, product_id LIMIT $limit
             """,
-            product_id=product_id, limit=limit,
+            product_id=product_id, limit=limit, timeout=self._query_timeout,
         )
         return [(r["product_id"], int(r["n"])) for r in rows]
 
@@ -301,13 +317,16 @@ class PurchaseGraphSink(Sink):
             RETURN rec.product_id AS product_id, count(DISTINCT other) AS n
             ORDER BY n DESC, product_id LIMIT $limit
             """,
-            customer_id=customer_id, limit=limit,
+            customer_id=customer_id, limit=limit, timeout=self._query_timeout,
         )
         return [(r["product_id"], int(r["n"])) for r in rows]
 
     def has_product(self, product_id: str) -> bool:
         """True when `product_id` was ever purchased (a node exists)."""
-        rows = self._read("MATCH (p:$Product {product_id: $product_id}) RETURN count(p) AS n", product_id=product_id)
+        rows = self._read(
+            "MATCH (p:$Product {product_id: $product_id}) RETURN count(p) AS n",
+            product_id=product_id, timeout=self._query_timeout,
+        )
         return bool(rows) and int(rows[0]["n"]) > 0
 
     def purchases(self, customer_id: str) -> list[dict[str, Any]]:
@@ -320,8 +339,23 @@ class PurchaseGraphSink(Sink):
                    r.refunded_amount AS refunded_amount, r.version AS version
             ORDER BY order_id, product_id
             """,
-            customer_id=customer_id,
+            customer_id=customer_id, timeout=self._query_timeout,
         )
+
+    def purchased_products(self, customer_id: str, limit: int) -> list[str] | None:
+        """The products a customer holds an active purchase of, at most `limit` (by id); None for a customer
+        without any purchase (no node). Null sorts last, so a customer with only inactive ones gets []."""
+        rows = self._read(
+            """
+            MATCH (c:$Customer {customer_id: $customer_id})
+            OPTIONAL MATCH (c)-[:$PURCHASED {active: true}]->(p:$Product)
+            RETURN DISTINCT p.product_id AS product_id ORDER BY product_id LIMIT $limit
+            """,
+            customer_id=customer_id, limit=limit, timeout=self._query_timeout,
+        )
+        if not rows:
+            return None
+        return [str(r["product_id"]) for r in rows if r["product_id"] is not None]
 
     def snapshot(self) -> list[dict[str, Any]]:
         return self._read(

@@ -88,14 +88,14 @@ class Settings(BaseSettings):
         default_factory=lambda: ["product_service", "order_service", "clickstream_service"]
     )
     tailer_collection: str = "outbox"
-    # The tailer's own database: resume tokens (`checkpoints`) and leader leases (`leases`).
+    # The tailer's own database: resume tokens (`checkpoints`), leader leases (`leases`), its dead letters.
     tailer_state_database: str = "cdcflow_tailer"
     # Change-stream batch size and how long one getMore waits on the server for new events.
     tailer_batch_size: int = Field(default=1000, ge=1)
     tailer_max_await_ms: int = Field(default=100, ge=1)
     # Events sent to Kafka but not yet acknowledged, at most (back-pressure beyond it).
     tailer_max_in_flight: int = Field(default=20000, ge=1)
-    # Acknowledged events are marked published and checkpointed at most this often.
+    # What Kafka acknowledged is checkpointed at most this often (one small write on the tailer's database).
     tailer_commit_interval_ms: int = Field(default=100, ge=1)
     # An idle outbox still checkpoints the stream's post-batch resume token this often.
     tailer_heartbeat_seconds: float = Field(default=5.0, gt=0)
@@ -106,24 +106,25 @@ class Settings(BaseSettings):
     # How long librdkafka waits to fill a batch. At 1 ms a backlog goes out in tiny requests, and the broker and
     # librdkafka spent about 3x the CPU per event here; 5 ms adds ~4 ms to the latency of a lone event.
     tailer_linger_ms: int = Field(default=5, ge=0)
-    # While a backlog drains (its events are already late), a second producer gathers batches this long: the
-    # broker and librdkafka then spend about half the CPU per event. 0 (or not above tailer_linger_ms): off.
-    tailer_backlog_linger_ms: int = Field(default=25, ge=0)
-    # Unpublished backlog gauge refresh; Prometheus exporter port (0: no exporter).
-    tailer_backlog_interval_seconds: float = Field(default=10.0, gt=0)
+    # A catch-up scan (history lost) re-sends the events created up to this long before the newest one on Kafka:
+    # events are committed (and streamed) in commit order, which can differ from creation order by as long as a
+    # transaction may take (the driver retries a commit for up to 120 s) plus clock skew between services.
+    tailer_scan_margin_seconds: float = Field(default=300.0, ge=0)
+    # SIGTERM ends `cdcflow tail` within this long, even with Kafka or MongoDB away: what Kafka acknowledged by
+    # then is checkpointed, the rest is sent again by the next tailer.
+    tailer_stop_timeout_seconds: float = Field(default=30.0, ge=2)
+    # Prometheus exporter port of `cdcflow tail` (0: no exporter).
     tailer_metrics_port: int = Field(default=0, ge=0, le=65535)
-    # Mark forwarded events published (for the TTL index and the backlog). Off only to measure its cost.
-    tailer_mark_published: bool = True
-    # While a backlog drains, marking published and checkpointing wait up to this long for the stream to go
-    # quiet, so that reading and forwarding get the server first (0: write as soon as Kafka acknowledged).
-    tailer_mark_defer_seconds: float = Field(default=10.0, ge=0)
     # Name of this tailer in leases and logs (default: host:pid).
     tailer_instance_id: str | None = None
 
     # producers
-    # Published outbox documents expire this long after `published_at`; unpublished ones never do.
+    # Outbox documents are deleted this long after they were created, once they are on Kafka (the leading
+    # tailer prunes every `outbox_prune_interval_seconds`; what has not reached Kafka is never deleted).
     outbox_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
-    # Largest encoded event (JSON on Kafka, BSON in the outbox) a service may write.
+    outbox_prune_interval_seconds: float = Field(default=60.0, gt=0)
+    # Largest encoded event (JSON on Kafka, BSON in the outbox) a service may write; the topics cdcflow creates
+    # take records this large (`max.message.bytes`), and so do its producers and consumers.
     max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Service database names are `<prefix><name>` (tests use a unique prefix).
     service_db_prefix: str = ""

@@ -155,17 +155,18 @@ def status_tables(data: dict[str, Any]) -> list[Any]:
         return "-" if value is None else format_age(value)
 
     out = Table(title="outboxes and tailer")
-    for column in ("service", "database", "backlog", "oldest", "leader", "checkpoint age"):
-        out.add_column(column, justify="right" if column in ("backlog", "oldest", "checkpoint age") else "left")
+    numbers = ("backlog", "oldest", "checkpoint age", "dead letters")
+    for column in ("service", "database", "backlog", "oldest", "leader", "checkpoint age", "dead letters"):
+        out.add_column(column, justify="right" if column in numbers else "left")
     for o in data["outboxes"]:
         if o["error"]:
-            out.add_row(o["service"], o["database"], "[red]error[/red]", "", o["error"], "")
+            out.add_row(o["service"], o["database"], "[red]error[/red]", "", o["error"], "", "")
             continue
         leader = o["leader"] or "-"
         if o["leader"] and not o["lease_live"]:
             leader += " (expired)"
         out.add_row(o["service"], o["database"], str(o["backlog"]), age(o["oldest_age_seconds"]), leader,
-                    age(o["checkpoint_age_seconds"]))
+                    age(o["checkpoint_age_seconds"]), str(o.get("dead_letters", 0)))
     lag = Table(title="read models")
     for column in ("read model", "topic", "consumer group", "lag"):
         lag.add_column(column, justify="right" if column == "lag" else "left")

@@ -99,7 +99,7 @@ def create_service_app(
         writer = OutboxWriter(client, db_name, max_event_bytes=settings.max_event_bytes)
         ctx = ServiceContext(name, settings, client, client.get_database(db_name), writer, breaker)
         try:
-            writer.ensure_indexes(settings.outbox_retention_seconds)
+            writer.ensure_indexes()
             setup(ctx)
             app.state.ctx = ctx
             log.info("service started", service=name, database=db_name)

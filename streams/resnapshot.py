@@ -29,12 +29,13 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.collection import Collection
 
+from cdc.acks import InFlight, Sent
 from cdc.errors import CdcError, InvalidEventError
 from cdc.event import H_SCHEMA, H_SOURCE, SCHEMA_VERSION, Event, utcnow
 from cdc.logs import get_logger
 from cdc.mongo import mongo_client
 from cdc.outbox import CREATION_ORDER, OUTBOX_COLLECTION
-from cdc.publisher import InFlight, Publisher, Sent
+from cdc.publisher import Publisher
 from cdc.schemas import TOPIC_INVENTORY, TOPIC_ORDERS, ProductSnapshot, payload_json
 from cdc.services import service_database as name_of
 from cdc.settings import Settings
@@ -85,6 +86,13 @@ class ResnapshotReport:
         return {"service": self.service, "database": self.database, "source": self.source, "events": self.events,
                 "topics": self.topics, "skipped_invalid": self.skipped, "skipped_unversioned": self.unversioned,
                 "seconds": round(self.seconds, 3)}
+
+
+def _check_refusals(inflight: InFlight) -> None:
+    if inflight.refusals:
+        first = inflight.refusals[0]
+        raise ResnapshotError(f"kafka refused {len(inflight.refusals)} event(s), e.g. {first.event_id} on "
+                              f"{first.topic}: {first.refused}")
 
 
 def service_database(settings: Settings, service: str) -> str:
@@ -193,7 +201,6 @@ def resnapshot(
     started = time.perf_counter()
     client = mongo_client(settings)
     publisher = Publisher(settings, source=f"resnapshot-{service}")
-    publisher.use_bulk(True)  # a re-emit is one long backlog: fewer, larger requests
     inflight = InFlight()
     skipped: list[str] = []
     unversioned: list[str] = []
@@ -216,22 +223,25 @@ def resnapshot(
         for event in events:
             if topic:
                 event = event.model_copy(update={"topic": topic})
-            entry = Sent(event.event_id, None, None)
-            publisher.send(event, entry, inflight)
+            entry = Sent(event.event_id, None, None, topic=event.topic)
+            publisher.send_event(event, entry, inflight)
             sent[event.topic] = sent.get(event.topic, 0) + 1
             if publisher.fatal:
                 raise ResnapshotError(f"kafka producer failed: {publisher.fatal}")
-            done = len(inflight.take_acked_prefix())
+            _check_refusals(inflight)
+            done = len(inflight.take_done_prefix())
             if done:
                 acked += done
                 bar.advance(done)
         deadline = time.monotonic() + timeout
         while publisher.outstanding() and time.monotonic() < deadline and not inflight.failed:
             publisher.flush(0.5)
-            done = len(inflight.take_acked_prefix())
+            _check_refusals(inflight)
+            done = len(inflight.take_done_prefix())
             acked += done
             bar.advance(done)
-        acked += len(inflight.take_acked_prefix())
+        _check_refusals(inflight)
+        acked += len(inflight.take_done_prefix())
         if inflight.failed or publisher.fatal:
             raise ResnapshotError(f"kafka refused events: {inflight.failed or publisher.fatal}")
         if publisher.outstanding() or acked != sum(sent.values()):

@@ -18,10 +18,12 @@ import uvicorn
 from fastapi import FastAPI
 from pymongo import MongoClient
 
+from cdc.acks import Sent
+from cdc.checkpoint import CheckpointStore
 from cdc.connect import postgres_connect
 from cdc.kafka import ensure_topics
 from cdc.mongo import mongo_client
-from cdc.outbox import OUTBOX_COLLECTION
+from cdc.outbox import OUTBOX_COLLECTION, backlog
 from cdc.outbox_writer import OutboxWriter
 from cdc.publisher import Publisher
 from cdc.schemas import TOPIC_INVENTORY
@@ -285,12 +287,14 @@ def own_inventory_topic(settings: Settings, kafka: object, monkeypatch: pytest.M
     topic name changes on the way to the producer; records are otherwise what the tailer sends."""
     topic = unique("catsv_inventory")
     ensure_topics(settings, [topic], partitions=settings.kafka_partitions)
-    real = Publisher.produce
+    real = Publisher.send
 
-    def produce(self: Publisher, target: str, *args: Any, **kwargs: Any) -> bool:
-        return real(self, topic if target == TOPIC_INVENTORY else target, *args, **kwargs)
+    def send(self: Publisher, entry: Sent, *args: Any, **kwargs: Any) -> bool:
+        if entry.topic == TOPIC_INVENTORY:
+            entry.topic = topic
+        return real(self, entry, *args, **kwargs)
 
-    monkeypatch.setattr(Publisher, "produce", produce)
+    monkeypatch.setattr(Publisher, "send", send)
     return topic
 
 
@@ -316,7 +320,9 @@ def test_stock_view_equals_the_products_after_seeds_purchases_and_reseeds(
         return {r.product_id: (r.stock, r.version) for r in sink.rows()}
 
     def settled() -> bool:
-        return (product_db[OUTBOX_COLLECTION].count_documents({"published": False}) == 0
+        watermark = CheckpointStore(client[s.tailer_state_database]["checkpoints"]).load(
+            f"{product_db.name}.{OUTBOX_COLLECTION}").watermark
+        return (backlog(product_db[OUTBOX_COLLECTION], watermark)[0] == 0
                 and caught_up(s, group, topic, partitions) and view() == products())
 
     try:

@@ -42,7 +42,7 @@ def client(settings: Settings, mongo: Server) -> Iterator[MongoClient[Document]]
 def writer(client: MongoClient[Document], settings: Settings) -> Iterator[OutboxWriter]:
     db = unique("prodtest_product_service")
     w = OutboxWriter(client, db, max_event_bytes=settings.max_event_bytes)
-    w.ensure_indexes(settings.outbox_retention_seconds)
+    w.ensure_indexes()
     seed_catalogue(w, [ProductIn(id="p-1", name="Lamp", price=Decimal("19.90"), stock=5)])  # ProductCreated v1
     yield w
     client.drop_database(db)
@@ -70,7 +70,7 @@ def test_purchase_writes_stock_and_event_together(writer: OutboxWriter) -> None:
         "customer_id": "c-1",
     }
     assert event.headers["source_service"] == "product-service"
-    assert docs[0]["published"] is False and docs[0]["published_at"] is None
+    assert "published" not in docs[0] and "published_at" not in docs[0]  # the tailer keeps no marks here
 
 
 def test_insufficient_stock_writes_nothing(writer: OutboxWriter) -> None:
@@ -138,5 +138,5 @@ def test_oversized_event_is_refused_at_write_time(writer: OutboxWriter) -> None:
 def test_outbox_indexes(writer: OutboxWriter, settings: Settings) -> None:
     indexes = writer.outbox.index_information()
     assert indexes["creation_order"]["key"] == [("occurred_at", 1), ("version", 1), ("_id", 1)]
-    assert dict(indexes["unpublished"]["partialFilterExpression"]) == {"published": False}
-    assert indexes["published_ttl"]["expireAfterSeconds"] == settings.outbox_retention_seconds
+    # No TTL index: retention is the tailer's, which never deletes what has not reached Kafka.
+    assert not [i for i in indexes.values() if "expireAfterSeconds" in i]

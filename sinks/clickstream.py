@@ -80,6 +80,11 @@ def ttl_seconds(ts: datetime, retention_days: int, now: datetime | None = None) 
     return int((ts + timedelta(days=retention_days) - now).total_seconds())
 
 
+#: Longest TTL Cassandra takes (20 years).
+MAX_TTL_SECONDS = 630_720_000
+#: Longest key component Cassandra takes (user and product ids are partition and clustering keys).
+MAX_KEY_BYTES = 65535
+
 # InvalidRequest words that mean our schema is missing (dropped meanwhile): set up again and retry.
 _MISSING_SCHEMA = ("unconfigured table", "does not exist")
 
@@ -231,6 +236,7 @@ class ClickstreamSink(Sink):
         if not batch:
             return
         views: list[PageView] = []
+        now = datetime.now(UTC)
         for event in batch:
             try:
                 views.append(page_view_of(event))
@@ -238,10 +244,17 @@ class ClickstreamSink(Sink):
                 raise PermanentSinkError(str(exc), event_id=event.event_id) from exc
             except (OverflowError, ValueError) as exc:  # a time at the edge of the calendar, in UTC
                 raise PermanentSinkError(f"page view time out of range: {exc}", event_id=event.event_id) from exc
+            # Refused before any statement: one view is three inserts, and Cassandra would take some of them.
+            for key in (views[-1].user_id, views[-1].product_id or ""):
+                if len(key.encode()) > MAX_KEY_BYTES:
+                    raise PermanentSinkError(f"id is longer than a Cassandra key may be: {len(key.encode())} bytes "
+                                             f"(at most {MAX_KEY_BYTES})", event_id=event.event_id)
+            if ttl_seconds(views[-1].ts, self.ttl_days, now) > MAX_TTL_SECONDS:
+                raise PermanentSinkError(f"page view at {views[-1].ts.isoformat()} is too far ahead to keep: its "
+                                         f"ttl would exceed Cassandra's {MAX_TTL_SECONDS} s", event_id=event.event_id)
         self.keyspace()  # follow a swap (re-prepares when the keyspace changed)
         insert_user, insert_product, insert_visitor = self._prepare()
         session = self._connect()
-        now = datetime.now(UTC)
         statements: list[tuple[PreparedStatement, tuple[Any, ...]]] = []
         owners: list[str] = []
         for v in views:

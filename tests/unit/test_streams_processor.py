@@ -14,7 +14,8 @@ from cdc.event import Event
 from sinks.base import Hold, PermanentSinkError, Sink, SinkRefusedError, TransientSinkError
 from streams.dlq import H_READ_MODEL, H_REASON, H_SOURCE_OFFSET, H_SOURCE_PARTITION, H_SOURCE_TOPIC, dead_letter_headers
 from streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord, RejectedRecord, decode
-from tests.streams_support import order_lifecycle
+from tests.streams_support import POISON_MAX_BYTES as MAX_BYTES
+from tests.streams_support import order_lifecycle, poison_values
 
 
 class FakeSink(Sink):
@@ -162,43 +163,7 @@ def envelope(**changes: Any) -> bytes:
     return json.dumps(data).encode()
 
 
-def raw_envelope(text: str) -> bytes:
-    """GOOD's JSON with the payload replaced by raw text (for JSON that json.dumps would never write)."""
-    head = envelope(payload={"x": 0}).decode().replace('{"x": 0}', text)
-    return head.encode()
-
-
-MAX_BYTES = 16384
-
-BAD_RECORDS = [
-    ("too deep", b"[" * 5000 + b"]" * 5000, "too deeply nested"),
-    ("too deep inside an event", raw_envelope("[" * 5000 + "]" * 5000), "too deeply nested"),
-    ("deep but parseable", raw_envelope('{"x": ' + "[" * 900 + "]" * 900 + "}"), "invalid event"),
-    ("an int of 5,000 digits", envelope(version=0).replace(b'"version": 0', b'"version": ' + b"9" * 5000),
-     "Exceeds the limit (4300 digits)"),
-    ("too large", envelope(payload={"order_id": "o1", "pad": "x" * 20000}), "record too large"),
-    ("not UTF-8", envelope().replace(b'"o1"', b'"\xe9"'), "malformed JSON"),
-    ("a lone surrogate", envelope(payload={"order_id": "o1", "customer_id": "\ud800", "items": []}),
-     "lone surrogate"),
-    ("not an object: a list", b"[1, 2]", "must be a JSON object"),
-    ("not an object: a string", b'"OrderCreated"', "must be a JSON object"),
-    ("not an object: null", b"null", "must be a JSON object"),
-    ("empty", b"", "malformed JSON"),
-    ("truncated", envelope()[:40], "malformed JSON"),
-    ("wrong type: version", envelope(version="two"), "version"),
-    ("wrong type: payload", envelope(payload=[1, 2]), "payload"),
-    ("out of range: version 0", envelope(version=0), "version"),
-    ("out of range: quantity", envelope(payload={"order_id": "o1", "customer_id": "c1", "total": "1.00",
-                                                 "items": [{"product_id": "a", "quantity": -1,
-                                                            "unit_price": "1.00"}]}), "quantity"),
-    ("out of range: total over 12 digits", envelope(payload={"order_id": "o1", "customer_id": "c1",
-                                                             "total": "1" * 13, "items": []}), "payload"),
-    ("NaN", raw_envelope('{"x": NaN}'), "finite number"),
-    ("too long: a topic name", envelope(topic="t" * 300), "topic"),
-    ("not a UUID", envelope(event_id="oops"), "event_id"),
-    ("unknown type", envelope(type="OrderTeleported"), "unknown event type"),
-    ("not handled here", envelope(type="PageViewed"), "invalid PageViewed payload"),
-]
+BAD_RECORDS = poison_values("orders")
 
 
 @pytest.mark.parametrize(("name", "value", "reason"), BAD_RECORDS, ids=[b[0] for b in BAD_RECORDS])
@@ -307,3 +272,39 @@ def test_an_unexpected_sink_error_is_retried_not_dead_lettered() -> None:
     sink, pub = FakeSink(fail_with=[RuntimeError("a bug"), TypeError("another")]), FakePublisher()
     result = run(BatchProcessor(sink, pub, sleep=_no_sleep), records(events))
     assert sink.written == [events[0].event_id] and not pub.published and result.retries == 2
+
+
+def test_a_crashed_agent_ends_the_process_even_if_the_shutdown_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from streams import app
+
+    exited = threading.Event()
+    codes: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        exited.set()
+
+    monkeypatch.setattr(app.os, "_exit", fake_exit)
+    watch = app.CrashWatch(timeout=0.2)
+    watch.crashed("order_view_agent", RuntimeError("boom"))
+    watch.crashed("order_view_agent", RuntimeError("again"))  # one watchdog only
+    assert exited.wait(5) and codes == [app.EXIT_AGENT_CRASHED]
+    assert isinstance(watch.reason, RuntimeError) and str(watch.reason) == "boom"
+
+
+def test_the_faust_web_server_binds_to_loopback_by_default() -> None:
+    from cdc.settings import load_settings
+    from streams.app import WorkerSpec, create_app
+
+    settings = load_settings(worker_web_port=16066)
+    app, processor = create_app(settings, WorkerSpec.of(settings, "order_view"))
+    try:
+        assert app.conf.web_bind == "127.0.0.1" and app.conf.web_enabled
+        other = load_settings(worker_host="0.0.0.0")
+        app2, processor2 = create_app(other, WorkerSpec.of(other, "order_view"))
+        processor2.close()
+        assert app2.conf.web_bind == "0.0.0.0"
+    finally:
+        processor.close()

@@ -13,6 +13,7 @@ import textwrap
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,8 @@ def test_orders_of_every_bad_class_are_dead_lettered_and_both_order_workers_go_o
         produce(settings, topic, [e for _, e, _ in valid_but_refused])
         produce(settings, topic, [e for es in good for e in es[1:]])
         for w in workers:
-            wait_for(lambda w=w: caught_up(settings, f"{ns}.{w.read_model}", topic, PARTITIONS), timeout=120,
+            group = f"{ns}.{w.read_model}"
+            wait_for(partial(caught_up, settings, group, topic, PARTITIONS), timeout=120,
                      what=f"{w.read_model} caught up")  # committed past every bad record
             assert w.alive(), w.log_text()[-3000:]
         folded = fold_orders([e for es in good for e in es])

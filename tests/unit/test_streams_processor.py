@@ -286,7 +286,7 @@ def test_a_crashed_agent_ends_the_process_even_if_the_shutdown_hangs(monkeypatch
         codes.append(code)
         exited.set()
 
-    monkeypatch.setattr(app.os, "_exit", fake_exit)
+    monkeypatch.setattr("streams.app.os._exit", fake_exit)
     watch = app.CrashWatch(timeout=0.2)
     watch.crashed("order_view_agent", RuntimeError("boom"))
     watch.crashed("order_view_agent", RuntimeError("again"))  # one watchdog only

@@ -14,6 +14,7 @@ from rich.table import Table
 from cdc.logs import get_logger
 from cdc.settings import Settings
 from cli.supervisor import RestartPolicy, Supervisor
+from sinks.base import SinkError
 from sinks.registry import READ_MODELS
 
 log = get_logger(__name__)
@@ -150,6 +151,50 @@ def dlq_replay(
         return
     for name, count in report.replayed.items():
         typer.echo(f"{name}: {count} replayed, {report.skipped_duplicates.get(name, 0)} duplicate(s) skipped")
+
+
+@dlq_app.command("holds")
+def dlq_holds(
+    ctx: typer.Context,
+    read_model: Annotated[list[str] | None, typer.Option(help="Read model(s) (default: all).")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Sink namespace (default: the live one).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, one object per hold.")] = False,
+) -> None:
+    """Aggregates held back behind a dead-lettered event: their later events wait until it is re-driven."""
+    from sinks.registry import build_sink
+
+    names = read_model or list(READ_MODELS)
+    unknown = [n for n in names if n not in READ_MODELS]
+    if unknown:
+        raise typer.BadParameter(f"unknown read model(s) {unknown}; known: {', '.join(READ_MODELS)}")
+    rows: list[dict[str, object]] = []
+    failed: list[str] = []
+    for name in names:
+        sink = build_sink(name, _settings(ctx), namespace)
+        try:
+            rows += [{"read_model": name, **h} for h in sink.holds()]
+        except SinkError as exc:  # e.g. never set up in this namespace, or its store is down
+            failed.append(f"{name}: {exc}")
+        finally:
+            sink.close()
+    for line in failed:
+        typer.echo(f"cannot read the holds of {line}", err=True)
+    if as_json:
+        typer.echo(json.dumps(rows))
+    else:
+        _print_holds(rows)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_holds(rows: list[dict[str, object]]) -> None:
+    table = Table(title=f"{len(rows)} aggregate(s) held back")
+    for col in ("read model", "aggregate", "held event", "version", "parked", "reason"):
+        table.add_column(col)
+    for h in rows:
+        table.add_row(str(h["read_model"]), str(h["aggregate_id"])[:80], str(h["event_id"]), str(h["version"]),
+                      str(h["parked"]), str(h["reason"])[:200])
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def register(app: typer.Typer) -> None:

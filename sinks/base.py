@@ -97,6 +97,10 @@ class Sink(abc.ABC):
         The default holds nothing: for a read model whose result does not depend on the order of events."""
         return None
 
+    def holds(self) -> list[dict[str, Any]]:
+        """The aggregates held back now: aggregate_id, event_id, version, reason, parked (events waiting)."""
+        return []
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections (idempotent); a later `write` may reconnect."""

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, LiteralString
 
-from neo4j import Driver, ManagedTransaction, Session
+from neo4j import Driver, ManagedTransaction, NotificationDisabledClassification, Session
 from neo4j.exceptions import (
     AuthError,
     ClientError,
@@ -183,7 +183,11 @@ class PurchaseGraphSink(Sink):
 
     def _session(self) -> Session:
         # The worker retries with its own backoff: the driver's own retries (30 s by default) only delay that.
-        return self._drv().session(max_transaction_retry_time=DRIVER_RETRY_SECONDS)
+        # Without holds, their labels do not exist yet: Neo4j would warn about it on every batch.
+        return self._drv().session(
+            max_transaction_retry_time=DRIVER_RETRY_SECONDS,
+            notifications_disabled_classifications=[NotificationDisabledClassification.UNRECOGNIZED],
+        )
 
     def _read(self, text: str, **params: Any) -> list[dict[str, Any]]:
         def work(tx: ManagedTransaction) -> list[dict[str, Any]]:

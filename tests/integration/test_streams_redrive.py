@@ -4,6 +4,7 @@ every versioned read model (order_view, stock_view, purchase_graph), across work
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -117,6 +118,11 @@ def test_events_refused_by_the_store_then_fixed_take_effect_when_re_driven_after
         wait_for(all_caught_up, timeout=120, what="caught up after the restart")
         assert orders.get("o1") is None and [h["parked"] for h in orders.holds()] == [5]
         assert [h["parked"] for h in graph.holds()] == [5]
+        out = cli("dlq", "holds", "--namespace", ns, "--read-model", "order_view", "--read-model", "purchase_graph",
+                  "--read-model", "stock_view", "--json")
+        assert out.returncode == 0, out.stderr
+        assert sorted((h["read_model"], h["aggregate_id"], h["parked"]) for h in json.loads(out.stdout)) == [
+            ("order_view", "o1", 5), ("purchase_graph", "o1", 5), ("stock_view", "p1", 4)]
         # `cdcflow replay` of the live namespace meanwhile changes nothing (v1 is refused again, still held)
         report = replay(settings, "order_view", topic=orders_topic, namespace=ns)
         assert report.dead == 1 and orders.get("o1") is None and [h["parked"] for h in orders.holds()] == [5]

@@ -14,7 +14,7 @@ from rich.table import Table
 from cdc.logs import get_logger
 from cdc.settings import Settings
 from cli.supervisor import RestartPolicy, Supervisor
-from sinks.base import SinkError
+from sinks.base import SinkError, check_namespace
 from sinks.registry import READ_MODELS
 
 log = get_logger(__name__)
@@ -167,6 +167,10 @@ def dlq_holds(
     unknown = [n for n in names if n not in READ_MODELS]
     if unknown:
         raise typer.BadParameter(f"unknown read model(s) {unknown}; known: {', '.join(READ_MODELS)}")
+    try:
+        check_namespace(namespace or _settings(ctx).sink_namespace)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     rows: list[dict[str, object]] = []
     failed: list[str] = []
     for name in names:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
+import re
 import sys
-import time
 from typing import Annotated
 
 import typer
@@ -15,6 +13,8 @@ from rich.table import Table
 
 from cdc.logs import get_logger
 from cdc.settings import Settings
+from cli.supervisor import RestartPolicy, Supervisor
+from sinks.base import SinkError, check_namespace
 from sinks.registry import READ_MODELS
 
 log = get_logger(__name__)
@@ -41,55 +41,70 @@ def worker(
     namespace: Annotated[
         str | None, typer.Option(help="Sink namespace: schema/keyspace/label prefix (default: the live one).")
     ] = None,
+    topic_prefix: Annotated[
+        str, typer.Option(help="Prefix of the source topics, e.g. 'staging_' (their .dlq topics follow).")
+    ] = "",
+    group_prefix: Annotated[
+        str, typer.Option(help="Prefix of the consumer groups: <prefix><read model>.")
+    ] = "cdcflow.",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus exporter port (default CDCFLOW_WORKER_METRICS_PORT; all: port + i).",
+                     min=0, max=65535),
+    ] = None,
+    web_port: Annotated[
+        int | None,
+        typer.Option(help="Faust web server port (default CDCFLOW_WORKER_WEB_PORT; all: port + i).",
+                     min=1, max=65535),
+    ] = None,
 ) -> None:
-    """Run stream workers that keep the read models current (all of them by default, one process each)."""
+    """Run stream workers that keep the read models current (all of them by default, one process each,
+    each restarted when it dies)."""
     settings = _settings(ctx)
+    if _PREFIX.fullmatch(topic_prefix) is None or _PREFIX.fullmatch(group_prefix) is None:
+        raise typer.BadParameter("prefixes are letters, digits, '.', '_' and '-' (at most 100)")
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
+    if web_port is not None:
+        settings = settings.model_copy(update={"worker_web_port": web_port})
     if read_model is None:
         if topic or group_id:
             raise typer.BadParameter("--topic/--group-id need --read-model")
-        raise typer.Exit(_supervise(list(READ_MODELS), namespace))
+        raise typer.Exit(_supervise(settings, list(READ_MODELS), namespace, topic_prefix, group_prefix))
     if read_model not in READ_MODELS:
         raise typer.BadParameter(f"unknown read model {read_model!r}; known: {', '.join(READ_MODELS)}")
     from streams.app import WorkerSpec, run_worker
 
-    spec = WorkerSpec.of(settings, read_model, topic=topic, group_id=group_id, namespace=namespace)
+    rm = READ_MODELS[read_model]
+    spec = WorkerSpec.of(settings, read_model, topic=topic or topic_prefix + rm.topic,
+                         group_id=group_id or group_prefix + read_model, namespace=namespace)
     run_worker(settings, spec)
 
 
-def _supervise(names: list[str], namespace: str | None) -> int:
-    """One child process per read model (Faust: one consumer group per app); stop all when one ends."""
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    for name in names:
-        argv = [sys.executable, "-m", "cli", "worker", "--read-model", name]
+_PREFIX = re.compile(r"[A-Za-z0-9._-]{0,100}")
+
+
+def _supervise(
+    settings: Settings, names: list[str], namespace: str | None, topic_prefix: str, group_prefix: str
+) -> int:
+    """One child process per read model (Faust: one consumer group per app), restarted when it dies."""
+    children: list[tuple[str, list[str]]] = []
+    for i, name in enumerate(names):
+        argv = [sys.executable, "-m", "cli", "worker", "--read-model", name, "--topic-prefix", topic_prefix,
+                "--group-prefix", group_prefix]
         if namespace:
             argv += ["--namespace", namespace]
-        children[name] = subprocess.Popen(argv)
-        log.info("worker_process_started", read_model=name, pid=children[name].pid)
-
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    code = 0
-    while children:
-        for name, child in list(children.items()):
-            rc = child.poll()
-            if rc is None:
-                continue
-            del children[name]
-            if not stopping:
-                log.error("worker_process_exited", read_model=name, returncode=rc)
-                code = rc or 1
-                stop(signal.SIGTERM, None)
-        time.sleep(0.2)
-    return code
+        if settings.worker_metrics_port:
+            argv += ["--metrics-port", str(settings.worker_metrics_port + i)]
+        if settings.worker_web_port is not None:
+            argv += ["--web-port", str(settings.worker_web_port + i)]
+        children.append((name, argv))
+    policy = RestartPolicy(
+        initial=settings.worker_restart_initial, maximum=settings.worker_restart_max,
+        quick_seconds=settings.worker_restart_quick_seconds, give_up=settings.worker_restart_give_up,
+        stop_timeout=settings.worker_stop_timeout,
+    )
+    return Supervisor(children, policy).run()
 
 
 dlq_app = typer.Typer(help="Dead letters: inspect, and re-drive after a fix.", no_args_is_help=True)
@@ -136,6 +151,54 @@ def dlq_replay(
         return
     for name, count in report.replayed.items():
         typer.echo(f"{name}: {count} replayed, {report.skipped_duplicates.get(name, 0)} duplicate(s) skipped")
+
+
+@dlq_app.command("holds")
+def dlq_holds(
+    ctx: typer.Context,
+    read_model: Annotated[list[str] | None, typer.Option(help="Read model(s) (default: all).")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Sink namespace (default: the live one).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, one object per hold.")] = False,
+) -> None:
+    """Aggregates held back behind a dead-lettered event: their later events wait until it is re-driven."""
+    from sinks.registry import build_sink
+
+    names = read_model or list(READ_MODELS)
+    unknown = [n for n in names if n not in READ_MODELS]
+    if unknown:
+        raise typer.BadParameter(f"unknown read model(s) {unknown}; known: {', '.join(READ_MODELS)}")
+    try:
+        check_namespace(namespace or _settings(ctx).sink_namespace)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    rows: list[dict[str, object]] = []
+    failed: list[str] = []
+    for name in names:
+        sink = build_sink(name, _settings(ctx), namespace)
+        try:
+            rows += [{"read_model": name, **h} for h in sink.holds()]
+        except SinkError as exc:  # e.g. never set up in this namespace, or its store is down
+            failed.append(f"{name}: {exc}")
+        finally:
+            sink.close()
+    for line in failed:
+        typer.echo(f"cannot read the holds of {line}", err=True)
+    if as_json:
+        typer.echo(json.dumps(rows))
+    else:
+        _print_holds(rows)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_holds(rows: list[dict[str, object]]) -> None:
+    table = Table(title=f"{len(rows)} aggregate(s) held back")
+    for col in ("read model", "aggregate", "held event", "version", "parked", "reason"):
+        table.add_column(col)
+    for h in rows:
+        table.add_row(str(h["read_model"]), str(h["aggregate_id"])[:80], str(h["event_id"]), str(h["version"]),
+                      str(h["parked"]), str(h["reason"])[:200])
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,20 +1,16 @@
-"""`cdcflow worker` and `cdcflow dlq list|replay`: thin shells over streams.app and streams.dlq."""
+"""`cdcflow worker`: a thin shell over streams.app, and the supervisor of one process per read model."""
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from cdc.logs import get_logger
 from cdc.settings import Settings
 from cli.supervisor import RestartPolicy, Supervisor
-from sinks.base import SinkError, check_namespace
 from sinks.registry import READ_MODELS
 
 log = get_logger(__name__)
@@ -107,101 +103,6 @@ def _supervise(
     return Supervisor(children, policy).run()
 
 
-dlq_app = typer.Typer(help="Dead letters: inspect, and re-drive after a fix.", no_args_is_help=True)
-
-
-@dlq_app.command("list")
-def dlq_list(
-    ctx: typer.Context,
-    topic: Annotated[list[str] | None, typer.Option(help="Source topic(s) (default: all).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one per dead letter.")] = False,
-) -> None:
-    """List dead letters: where they came from, why, and whether they were replayed."""
-    from streams.dlq import list_dead_letters
-
-    letters = list_dead_letters(_settings(ctx), topic or None)
-    if as_json:
-        typer.echo(json.dumps([x.to_json() for x in letters], indent=None))
-        return
-    table = Table(title=f"{len(letters)} dead letter(s)")
-    for col in ("dlq", "source", "read model", "event id", "reason", "replayed"):
-        table.add_column(col)
-    for x in letters:
-        table.add_row(
-            f"{x.dlq_topic}[{x.dlq_partition}]@{x.dlq_offset}",
-            f"{x.source_topic}[{x.source_partition}]@{x.source_offset}",
-            x.read_model, x.event_id or "-", x.reason, "yes" if x.replayed else "no",
-        )
-    # Piped output (scripts, logs) is not wrapped at 80 columns; a terminal gets its own width.
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
-
-
-@dlq_app.command("replay")
-def dlq_replay(
-    ctx: typer.Context,
-    topic: Annotated[list[str] | None, typer.Option(help="Source topic(s) (default: all).")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Re-drive dead letters not replayed yet to their source topics (sinks are idempotent)."""
-    from streams.dlq import replay_dead_letters
-
-    report = replay_dead_letters(_settings(ctx), topic or None)
-    if as_json:
-        typer.echo(json.dumps({"replayed": report.replayed, "skipped_duplicates": report.skipped_duplicates}))
-        return
-    for name, count in report.replayed.items():
-        typer.echo(f"{name}: {count} replayed, {report.skipped_duplicates.get(name, 0)} duplicate(s) skipped")
-
-
-@dlq_app.command("holds")
-def dlq_holds(
-    ctx: typer.Context,
-    read_model: Annotated[list[str] | None, typer.Option(help="Read model(s) (default: all).")] = None,
-    namespace: Annotated[str | None, typer.Option(help="Sink namespace (default: the live one).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON, one object per hold.")] = False,
-) -> None:
-    """Aggregates held back behind a dead-lettered event: their later events wait until it is re-driven."""
-    from sinks.registry import build_sink
-
-    names = read_model or list(READ_MODELS)
-    unknown = [n for n in names if n not in READ_MODELS]
-    if unknown:
-        raise typer.BadParameter(f"unknown read model(s) {unknown}; known: {', '.join(READ_MODELS)}")
-    try:
-        check_namespace(namespace or _settings(ctx).sink_namespace)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    rows: list[dict[str, object]] = []
-    failed: list[str] = []
-    for name in names:
-        sink = build_sink(name, _settings(ctx), namespace)
-        try:
-            rows += [{"read_model": name, **h} for h in sink.holds()]
-        except SinkError as exc:  # e.g. never set up in this namespace, or its store is down
-            failed.append(f"{name}: {exc}")
-        finally:
-            sink.close()
-    for line in failed:
-        typer.echo(f"cannot read the holds of {line}", err=True)
-    if as_json:
-        typer.echo(json.dumps(rows))
-    else:
-        _print_holds(rows)
-    if failed:
-        raise typer.Exit(1)
-
-
-def _print_holds(rows: list[dict[str, object]]) -> None:
-    table = Table(title=f"{len(rows)} aggregate(s) held back")
-    for col in ("read model", "aggregate", "held event", "version", "parked", "reason"):
-        table.add_column(col)
-    for h in rows:
-        table.add_row(str(h["read_model"]), str(h["aggregate_id"])[:80], str(h["event_id"]), str(h["version"]),
-                      str(h["parked"]), str(h["reason"])[:200])
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
-
-
 def register(app: typer.Typer) -> None:
-    """Add `worker` and `dlq` to the cdcflow command line."""
+    """Add `worker` to the cdcflow command line."""
     app.command("worker")(worker)
-    app.add_typer(dlq_app, name="dlq")

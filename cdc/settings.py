@@ -78,6 +78,22 @@ class Settings(BaseSettings):
     sink_retry_max: float = 5.0  # backoff ceiling (s); a down sink is retried forever
     worker_web_port: int | None = None  # Faust web server port; None disables it
     worker_session_timeout: float = 10.0  # seconds before a dead worker's partitions move to another
+    # Interface the worker's web server and metrics exporter bind to (loopback: nothing is exposed by default).
+    worker_host: str = "127.0.0.1"
+    # Prometheus exporter port of `cdcflow worker` (0: none); supervised, the i-th read model gets port + i.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # A record larger than this is a dead letter ("too large"), never decoded.
+    stream_max_record_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # `cdcflow worker` (all read models): a dead child is restarted after a backoff (initial, doubling, max);
+    # after `worker_restart_give_up` deaths in a row, each within `worker_restart_quick_seconds` of its start,
+    # the supervisor stops everything and exits non-zero (0: never give up).
+    worker_restart_initial: float = Field(default=1.0, gt=0)
+    worker_restart_max: float = Field(default=30.0, gt=0)
+    worker_restart_quick_seconds: float = Field(default=60.0, ge=0)
+    worker_restart_give_up: int = Field(default=5, ge=0)
+    # SIGTERM: children still running this long after it are killed; an agent that crashed ends its process
+    # within this long even if the shutdown hangs.
+    worker_stop_timeout: float = Field(default=30.0, gt=0)
 
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON lines when stderr is not a terminal

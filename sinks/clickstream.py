@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,14 @@ from datetime import time as dt_time
 from typing import Any, ClassVar
 from uuid import UUID
 
-from cassandra import DriverException, OperationTimedOut, ReadTimeout, RequestValidationException
+from cassandra import (
+    AuthenticationFailed,
+    DriverException,
+    InvalidRequest,
+    OperationTimedOut,
+    ReadTimeout,
+    Unauthorized,
+)
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import PreparedStatement
@@ -31,7 +39,7 @@ from cdc.event import Event
 from cdc.logs import get_logger
 from cdc.schemas import PageViewed, parse_payload
 from cdc.settings import Settings
-from sinks.base import PermanentSinkError, Sink, SinkTimeoutError, TransientSinkError
+from sinks.base import PermanentSinkError, Sink, SinkError, SinkRefusedError, SinkTimeoutError, TransientSinkError
 from sinks.pointers import POINTER_TTL_SECONDS, cassandra_pointer, clear_cassandra_pointer
 
 log = get_logger(__name__)
@@ -84,11 +92,35 @@ def ttl_seconds(ts: datetime, retention_days: int, now: datetime | None = None) 
     return int((ts + timedelta(days=retention_days) - now).total_seconds())
 
 
-def classify_cassandra_error(exc: BaseException) -> Exception:
-    """Validation errors (bad query/data) are permanent; everything else (unavailable, timeouts) transient."""
-    if isinstance(exc, RequestValidationException):
+#: Longest TTL Cassandra takes (20 years).
+MAX_TTL_SECONDS = 630_720_000
+#: Longest key component Cassandra takes (user and product ids are partition and clustering keys).
+MAX_KEY_BYTES = 65535
+
+# InvalidRequest words that mean our schema is missing (dropped meanwhile): set up again and retry.
+_MISSING_SCHEMA = ("unconfigured table", "does not exist")
+
+
+def classify_cassandra_error(exc: BaseException) -> SinkError:
+    """Refusals (Unauthorized, failed authentication) and anything that would hit every event are retried;
+    a request Cassandra rejects for its data (InvalidRequest: a key too long, a TTL out of range) and a value the
+    driver cannot encode are permanent."""
+    name = type(exc).__name__
+    if isinstance(exc, Unauthorized | AuthenticationFailed) or _auth_failure(exc):
+        return SinkRefusedError(f"cassandra refuses us ({name}): {exc}")
+    if isinstance(exc, InvalidRequest) and not any(words in str(exc) for words in _MISSING_SCHEMA):
         return PermanentSinkError(f"cassandra rejected the write: {exc}")
-    return TransientSinkError(f"cassandra unavailable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, UnicodeError | OverflowError | struct.error):  # a value the driver cannot encode
+        return PermanentSinkError(f"cassandra cannot take the data: {name}: {exc}")
+    return TransientSinkError(f"cassandra unavailable: {name}: {exc}")
+
+
+def _auth_failure(exc: BaseException) -> bool:
+    """NoHostAvailable whose every host failed authentication."""
+    errors = getattr(exc, "errors", None)
+    if not isinstance(exc, NoHostAvailable) or not isinstance(errors, dict) or not errors:
+        return False
+    return all(isinstance(e, AuthenticationFailed) for e in errors.values())
 
 
 class ClickstreamSink(Sink):
@@ -116,7 +148,7 @@ class ClickstreamSink(Sink):
             try:
                 self._session = cassandra_session(self.settings)
             except (NoHostAvailable, DriverException, OSError) as exc:
-                raise TransientSinkError(f"cassandra unreachable: {exc}") from exc
+                raise classify_cassandra_error(exc) from exc
         return self._session
 
     def close(self) -> None:
@@ -216,15 +248,25 @@ class ClickstreamSink(Sink):
         if not batch:
             return
         views: list[PageView] = []
+        now = datetime.now(UTC)
         for event in batch:
             try:
                 views.append(page_view_of(event))
             except InvalidEventError as exc:
                 raise PermanentSinkError(str(exc), event_id=event.event_id) from exc
+            except (OverflowError, ValueError) as exc:  # a time at the edge of the calendar, in UTC
+                raise PermanentSinkError(f"page view time out of range: {exc}", event_id=event.event_id) from exc
+            # Refused before any statement: one view is three inserts, and Cassandra would take some of them.
+            for key in (views[-1].user_id, views[-1].product_id or ""):
+                if len(key.encode()) > MAX_KEY_BYTES:
+                    raise PermanentSinkError(f"id is longer than a Cassandra key may be: {len(key.encode())} bytes "
+                                             f"(at most {MAX_KEY_BYTES})", event_id=event.event_id)
+            if ttl_seconds(views[-1].ts, self.ttl_days, now) > MAX_TTL_SECONDS:
+                raise PermanentSinkError(f"page view at {views[-1].ts.isoformat()} is too far ahead to keep: its "
+                                         f"ttl would exceed Cassandra's {MAX_TTL_SECONDS} s", event_id=event.event_id)
         self.keyspace()  # follow a swap (re-prepares when the keyspace changed)
         insert_user, insert_product, insert_visitor = self._prepare()
         session = self._connect()
-        now = datetime.now(UTC)
         statements: list[tuple[PreparedStatement, tuple[Any, ...]]] = []
         owners: list[str] = []
         for v in views:

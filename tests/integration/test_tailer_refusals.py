@@ -5,7 +5,10 @@ them."""
 from __future__ import annotations
 
 import base64
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -60,6 +63,12 @@ def _big(topic: str, like: Document, size: int) -> Document:
     return outbox_document(event)
 
 
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120)
+    assert not check or done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def _dead_lettered_count(key: str) -> float:
     return REGISTRY.get_sample_value("cdcflow_events_total", {"stage": "dead_lettered", "source": key}) or 0.0
 
@@ -109,10 +118,17 @@ def test_a_record_larger_than_its_topic_takes_is_dead_lettered_and_redriven_afte
         _, warnings = verdict([status], [], [], Thresholds.from_settings(settings))
         assert any("1 outbox documents dead-lettered by the tailer" in w for w in warnings), warnings
 
+        # `cdcflow dlq list` shows it; before the fix a re-drive fails again, with its reason, and exits 1.
+        listed = [json.loads(line) for line in _cli("dlq", "list", "--topic", topic, "--json").stdout.splitlines()]
+        assert [(x["source"], x["event_id"], x["kind"]) for x in listed] == [("tailer", big["_id"], "refused")]
+        failing = _cli("dlq", "replay", "--topic", topic, "--json", check=False)
+        assert failing.returncode == 1 and big["_id"] in json.loads(failing.stdout)["tailer"]["still_failing"]
+        assert letters.pending(key) == 1
+
         # The fix: the topic takes larger records. A re-drive delivers it, once.
         _topic_limit(settings, topic, 1_000_000)
-        report = redrive(settings, client, outbox=key)
-        assert report.replayed == 1 and not report.still_failing
+        report = json.loads(_cli("dlq", "replay", "--topic", topic, "--json").stdout)
+        assert report["tailer"] == {"replayed": 1, "still_failing": {}}
         reader.wait_for({big["_id"]}, timeout=30)
         assert letters.pending(key) == 0 and letters.list(key)[0].replayed_at is not None
         assert redrive(settings, client, outbox=key).replayed == 0  # nothing left to re-drive

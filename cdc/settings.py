@@ -106,13 +106,15 @@ class Settings(BaseSettings):
     tailer_collection: str = "outbox"
     # The tailer's own database: resume tokens (`checkpoints`), leader leases (`leases`), its dead letters.
     tailer_state_database: str = "cdcflow_tailer"
-    # Change-stream batch size and how long one getMore waits on the server for new events.
+    # Change-stream batch size and how long one getMore waits on the server for new events (the server answers
+    # as soon as one arrives, so a longer wait adds no latency, only fewer empty getMores on an idle outbox).
     tailer_batch_size: int = Field(default=1000, ge=1)
-    tailer_max_await_ms: int = Field(default=100, ge=1)
+    tailer_max_await_ms: int = Field(default=1000, ge=1)
     # Events sent to Kafka but not yet acknowledged, at most (back-pressure beyond it).
     tailer_max_in_flight: int = Field(default=20000, ge=1)
-    # What Kafka acknowledged is checkpointed at most this often (one small write on the tailer's database).
-    tailer_commit_interval_ms: int = Field(default=100, ge=1)
+    # What Kafka acknowledged is checkpointed at most this often (one small write on the tailer's database, which
+    # every change stream on the server then reads past); a crash re-sends at most this much.
+    tailer_commit_interval_ms: int = Field(default=1000, ge=1)
     # An idle outbox still checkpoints the stream's post-batch resume token this often.
     tailer_heartbeat_seconds: float = Field(default=5.0, gt=0)
     # Leader lease: one active tailer per outbox; a standby takes over after the TTL.

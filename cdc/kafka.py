@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
+from cdc.retry import poll_until
 from cdc.settings import Settings
 
 
@@ -101,15 +102,16 @@ def topic_max_message_bytes(settings: Settings, topic: str, timeout: float = 10.
 
 def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> None:
     # Producing right after creation can hit NotLeaderForPartition: wait until every partition has a leader.
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def led() -> bool:
         meta = admin.list_topics(timeout=timeout).topics
-        if all(
-            t in meta and meta[t].partitions and all(p.leader >= 0 for p in meta[t].partitions.values())
+        return all(
+            t in meta and bool(meta[t].partitions) and all(p.leader >= 0 for p in meta[t].partitions.values())
             for t in topics
-        ):
-            return
-        time.sleep(0.1)
+        )
+
+    # Past the deadline the producer's own retries take over, as before.
+    with contextlib.suppress(TimeoutError):
+        poll_until(led, timeout, 0.1, what="partition leaders")
 
 
 def group_reader(settings: Settings, group: str) -> Consumer:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cdc.logs import get_logger
+from cdc.retry import delay
 
 log = get_logger(__name__)
 
@@ -39,8 +40,9 @@ class RestartPolicy:
     stop_timeout: float = 30.0
 
     def delay(self, quick_deaths: int) -> float:
-        """Seconds before the restart that follows the `quick_deaths`-th quick death in a row (1, 2, …)."""
-        return float(min(self.initial * 2.0 ** max(0, quick_deaths - 1), self.maximum))
+        """Seconds before the restart that follows the `quick_deaths`-th quick death in a row (1, 2, …): doubling
+        up to the maximum, plus jitter so that children that died together do not restart in step."""
+        return delay(max(1, quick_deaths), self.initial, self.maximum)
 
 
 @dataclass

@@ -7,9 +7,10 @@ import os
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from cdc.retry import poll_until
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
@@ -19,18 +20,7 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     return False
 
 
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, interval: float = 0.2, what: str = "condition"
-) -> float:
-    """Poll `predicate` until true; returns the seconds waited, raises TimeoutError at the deadline."""
-    start = time.monotonic()
-    deadline = start + timeout
-    while True:
-        if predicate():
-            return time.monotonic() - start
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
-        time.sleep(interval)
+wait_until = poll_until
 
 
 def pid_alive(pid: int) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -34,11 +33,12 @@ from prometheus_client import start_http_server
 
 from cdc.kafka import ensure_topics
 from cdc.logs import get_logger
+from cdc.retry import Backoff, retry_call
 from cdc.schemas import dlq_topic
 from cdc.settings import Settings
 from sinks.registry import read_model
 from streams.dlq import dead_letter_headers
-from streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord
+from streams.processor import BatchProcessor, DeadLetter, RawRecord
 
 log = get_logger(__name__)
 
@@ -192,15 +192,11 @@ def create_app(
 
 def prepare_topics(settings: Settings, spec: WorkerSpec, attempts: int = 10) -> None:
     """Create the source and dead-letter topics (Faust does not create source topics), retrying briefly."""
-    for attempt in range(1, attempts + 1):
-        try:
-            ensure_topics(settings, [spec.topic, dlq_topic(spec.topic)])
-            return
-        except Exception as exc:
-            if attempt == attempts:
-                raise
-            log.warning("ensure_topics_failed", error=str(exc), attempt=attempt)
-            time.sleep(min(0.5 * attempt, 3.0))
+    retry_call(
+        lambda: ensure_topics(settings, [spec.topic, dlq_topic(spec.topic)]), attempts=attempts,
+        initial=0.5, maximum=3.0,
+        on_retry=lambda exc, attempt: log.warning("ensure_topics_failed", error=str(exc), attempt=attempt),
+    )
 
 
 def run_worker(settings: Settings, spec: WorkerSpec) -> NoReturn:

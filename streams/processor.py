@@ -36,6 +36,7 @@ from typing import Protocol, TypeVar
 from cdc.errors import InvalidEventError
 from cdc.event import H_EVENT_ID, H_VERSION, Event
 from cdc.logs import get_logger
+from cdc.retry import Backoff
 from cdc.schemas import parse_payload
 from sinks.base import Hold, PermanentSinkError, Sink, SinkRefusedError, TransientSinkError
 from streams.metrics import EVENTS, SINK_RETRIES, SINK_WAITING
@@ -75,25 +76,6 @@ class DeadLetterPublisher(Protocol):
     """Publishes dead letters; returns only once the broker acknowledged them (raises otherwise)."""
 
     async def publish(self, letters: Sequence[DeadLetter]) -> None: ...
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff: initial, doubling, capped at maximum."""
-
-    initial: float = 0.2
-    maximum: float = 5.0
-
-    def delays(self) -> Callable[[], float]:
-        """A fresh sequence of delays: call it to get the next one."""
-        state = {"next": self.initial}
-
-        def nxt() -> float:
-            delay = state["next"]
-            state["next"] = min(delay * 2, self.maximum)
-            return delay
-
-        return nxt
 
 
 @dataclass

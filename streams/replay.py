@@ -30,13 +30,14 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from cdc.errors import CdcError
 from cdc.kafka import ensure_topics, kafka_config, producer_config
 from cdc.logs import get_logger
+from cdc.retry import Backoff
 from cdc.schemas import dlq_topic
 from cdc.settings import Settings
 from sinks.base import Sink, TransientSinkError
 from sinks.namespaces import shadow_namespace, swap_in
 from sinks.registry import read_model
 from streams.dlq import dead_letter_headers
-from streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord
+from streams.processor import BatchProcessor, DeadLetter, RawRecord
 from streams.progress import NoProgress, Progress
 
 log = get_logger(__name__)

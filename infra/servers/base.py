@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cdc.retry import poll_until
 from cdc.settings import Settings
 from infra.errors import StartError, UnreachableError
 from infra.process import ManagedProcess, port_open
@@ -121,17 +122,22 @@ class Server(abc.ABC):
 
     def wait_healthy(self, timeout: float) -> None:
         """Wait for a successful health check, or raise StartError with the log tail."""
-        deadline = time.monotonic() + timeout
         detail = ""
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            nonlocal detail
             if self.local and self.process.exited_early():
                 raise StartError(self.name, f"process exited during start-up; log {self.process.log_file}:\n"
                                  + self.process.log_tail())
             ok, detail = self.healthy()
-            if ok:
-                return
-            time.sleep(0.5)
-        raise StartError(self.name, f"not healthy after {timeout:.0f}s ({detail}); log {self.process.log_file}")
+            return ok
+
+        try:
+            poll_until(ready, timeout, 0.5, what=f"{self.name} healthy")
+        except TimeoutError:
+            raise StartError(
+                self.name, f"not healthy after {timeout:.0f}s ({detail}); log {self.process.log_file}"
+            ) from None
 
     def status(self) -> ServerStatus:
         """Current status without starting anything."""

@@ -22,12 +22,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc.connect import postgres_connect
 from cdc.kafka import ensure_topics
+from cdc.retry import Backoff
 from cdc.schemas import dlq_topic
 from cdc.settings import Settings
 from sinks.order_view import OrderViewSink, fold_orders
 from sinks.purchase_graph import PurchaseGraphSink
 from streams.dlq import list_dead_letters
-from streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord
+from streams.processor import BatchProcessor, DeadLetter, RawRecord
 from tests.helpers import free_port, unique, wait_for
 from tests.streams_support import (
     WorkerProcess,

@@ -67,13 +67,19 @@ def outage(
             server.stop()
         produce(settings, topic, b)
         wait_for(lambda: "sink_unavailable" in worker.log_text(), timeout=30, what="worker sees the sink down")
-        time.sleep(2.0)  # more retries, more commit intervals (1 s)
+        # Several retries (0.2 + 0.4 + 0.8 s …) span more than one commit interval (1 s) of the worker.
+        wait_for(lambda: worker.log_text().count('"sink_retry_scheduled"') >= 4, timeout=60,
+                 what="the worker retrying the sink")
         assert worker.alive(), worker.log_text()[-3000:]
-        # nothing committed past an unwritten event: still at the end of phase A
-        assert committed_offsets(settings, group, topic, PARTITIONS) == ends_a
+        # nothing committed past an unwritten event, for as long as the sink is down: still at the end of phase A
+        polls = 0
+        while polls < 3 or time.monotonic() - down_at < DOWN_SECONDS / 2:
+            assert committed_offsets(settings, group, topic, PARTITIONS) == ends_a
+            polls += 1
+            time.sleep(0.5)
         if kill_worker_while_down:
             worker.kill()  # a crash now must lose nothing either
-        time.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - down_at)))
+        time.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - down_at)))  # the outage's length, not a wait
         server.ensure_running()
         if kill_worker_while_down:
             worker = WorkerProcess(read_model, topic, group, ns, tmp_path, name=f"{read_model}-2")

@@ -18,9 +18,9 @@ from cli.status import (
     OutboxStatus,
     Status,
     Thresholds,
+    exit_code,
     format_age,
     lag_of,
-    exit_code,
     render_lines,
     verdict,
 )

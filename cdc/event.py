@@ -36,8 +36,10 @@ H_VERSION = "version"
 H_TRACE_ID = "trace_id"
 H_SOURCE = "source_service"
 H_SCHEMA = "schema_version"
+# The W3C trace context of the write that created the event (cdc/tracing.py), when tracing is on.
+H_TRACEPARENT = "traceparent"
 # Event headers repeated as Kafka record headers, in this order, when present.
-FORWARDED_HEADERS = (H_TRACE_ID, H_SOURCE, H_SCHEMA)
+FORWARDED_HEADERS = (H_TRACE_ID, H_SOURCE, H_SCHEMA, H_TRACEPARENT)
 
 # What `str(uuid.UUID(...))` returns; ids already in this form skip building a UUID (the tailer's hot path).
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -65,7 +67,7 @@ class Event(BaseModel):
     occurred_at: datetime = Field(default_factory=utcnow)
     # JsonValue is checked by pydantic-core itself: only JSON types (no dates, bytes, ObjectIds, tuples).
     payload: dict[str, JsonValue] = Field(default_factory=dict)
-    # Trace id, source service, schema version: short values, repeated as Kafka record headers.
+    # Trace id, source service, schema version, traceparent: short values, repeated as Kafka record headers.
     headers: dict[str, Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]] = Field(default_factory=dict)
 
     @field_validator("event_id")
@@ -170,7 +172,7 @@ class Event(BaseModel):
         return self.aggregate_id.encode()
 
     def kafka_headers(self) -> list[tuple[str, bytes]]:
-        """Kafka record headers: event id, type, version, trace id, source, schema version."""
+        """Kafka record headers: event id, type, version, trace id, source, schema version, traceparent."""
         headers = [(H_EVENT_ID, self.event_id.encode()), (H_TYPE, self.type.encode())]
         if self.version is not None:
             headers.append((H_VERSION, b"%d" % self.version))

@@ -86,11 +86,13 @@ class Lease:
                 return_document=ReturnDocument.AFTER,
             )
         except DuplicateKeyError:
-            return False  # held by another tailer (the upsert collided with the live lease)
+            # Held by another tailer (the upsert collided with the live lease): a lease we held before is theirs.
+            self._set(None, started)
+            return False
         if doc is None:
             return False
         self._set(int(doc["fence"]), started)
-        self._log.info("lease acquired", fence=self.fence)
+        self._log.info("lease_acquired", fence=self.fence)
         return True
 
     def renew(self) -> bool:
@@ -105,7 +107,7 @@ class Lease:
             {"$set": {"expires_at": now + self.ttl}},
         )
         if result.matched_count == 0:
-            self._log.warning("lease lost to another tailer", fence=fence)
+            self._log.warning("lease_lost_to_another_tailer", fence=fence)
             self._set(None, started)
             return False
         with self._lock:
@@ -126,7 +128,7 @@ class Lease:
                 {"_id": self.key, "owner": self.owner, "fence": fence},
                 {"$set": {"expires_at": datetime.fromtimestamp(0, tz=utcnow().tzinfo)}},
             )
-            self._log.info("lease released", fence=fence)
+            self._log.info("lease_released", fence=fence)
 
     # -- heartbeat --------------------------------------------------------------------------------------
 
@@ -159,4 +161,4 @@ class Lease:
                     return
             except PyMongoError as exc:
                 # MongoDB unreachable: keep trying; `held` turns False once the TTL has run out.
-                self._log.warning("lease renewal failed", error=str(exc).split(",")[0][:200])
+                self._log.warning("lease_renewal_failed", error=str(exc).split(",")[0][:200])

@@ -1,13 +1,18 @@
-"""Prometheus metrics of the tailer; names shared with the stream workers (`cdcflow_events_total{stage}`)."""
+"""Prometheus metrics of the tailer, names shared with the stream workers (`cdcflow_events_total{stage}`), and
+the HTTP exporter of every long-running process (`/metrics`, `/healthz`)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 
 from cdc.logs import get_logger
@@ -86,18 +91,52 @@ RESTARTS = Counter(
     "cdcflow_tailer_stream_restarts", "Change-stream (re)opens by reason.", ["source", "reason"]
 )
 
-_server_lock = threading.Lock()
-_server_port: int | None = None
+#: What a process answers `/healthz` from: the reasons it is unhealthy (none: healthy).
+HealthCheck = Callable[[], list[str]]
 
 
-def serve_metrics(port: int) -> None:
-    """Start the Prometheus HTTP exporter on `port` (once per process; 0 disables it)."""
-    global _server_port
+class Exporter:
+    """The HTTP endpoint of a long-running process: Prometheus `/metrics` (every other path too, as
+    prometheus_client serves it) and `/healthz`: 200 `{"status": "ok"}`, or 503 `{"status": "failing",
+    "reasons": [...]}` when `health()` names reasons (or fails itself)."""
+
+    def __init__(self, host: str, port: int, health: HealthCheck | None = None) -> None:
+        self.health = health
+        metrics = make_wsgi_app(REGISTRY)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") == "/healthz":
+                status, body = self._healthz()
+                start_response(status, [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
+                                        ("Content-Length", str(len(body)))])
+                return [body]
+            result: Iterable[bytes] = metrics(environ, start_response)
+            return result
+
+        self.server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+        self.port = int(self.server.server_port)
+        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics-exporter", daemon=True)
+        self._thread.start()
+        get_logger("cdc.metrics").info("metrics_exporter_listening", host=host, port=self.port)
+
+    def _healthz(self) -> tuple[str, bytes]:
+        try:
+            reasons = self.health() if self.health is not None else []
+        except Exception as exc:  # a check that cannot tell is a failing check
+            reasons = [f"health check failed: {type(exc).__name__}: {exc}"]
+        if not reasons:
+            return "200 OK", b'{"status": "ok"}'
+        return "503 Service Unavailable", json.dumps({"status": "failing", "reasons": reasons}).encode()
+
+    def close(self) -> None:
+        """Stop serving and free the port."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_exporter(port: int, host: str = "127.0.0.1", health: HealthCheck | None = None) -> Exporter | None:
+    """Serve `/metrics` and `/healthz` on `host:port` (0: no exporter, None)."""
     if port <= 0:
-        return
-    with _server_lock:
-        if _server_port is not None:
-            return
-        start_http_server(port, addr="127.0.0.1")
-        _server_port = port
-    get_logger("cdc.metrics").info("metrics exporter listening", port=port)
+        return None
+    return Exporter(host, port, health)

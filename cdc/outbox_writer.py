@@ -6,6 +6,10 @@ size) and inserts `outbox_document(event)` for each into the service's `outbox`,
 transaction. The whole callback runs under `ClientSession.with_transaction`, so TransientTransactionError
 (write conflicts) retries the callback and UnknownTransactionCommitResult retries the commit, as the driver
 specifies. Any other exception aborts the transaction: neither the business write nor the event is visible.
+
+With tracing on (cdc/tracing.py), the transaction is an `outbox write` span, child of the current one (the
+request's), and every event gets that span's W3C `traceparent` (and its trace id as `trace_id`) in its headers,
+so the tailer and the workers continue the request's trace.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from pymongo.database import Database
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from cdc import tracing
 from cdc.errors import EventTooLargeError, InvalidEventError
-from cdc.event import Event
+from cdc.event import H_TRACE_ID, H_TRACEPARENT, Event
 from cdc.logs import get_logger
 from cdc.outbox import OUTBOX_COLLECTION, ensure_outbox_indexes, outbox_document
 from cdc.schemas import TOPIC_OF_TYPE, parse_payload
@@ -63,6 +68,12 @@ def validate_event(event: Event, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> No
         )
 
 
+def _traced(event: Event, traceparent: str) -> Event:
+    """`event` carrying the write's trace context (its trace id too, so logs and spans agree)."""
+    trace_id = traceparent.split("-")[1]
+    return event.model_copy(update={"headers": {**event.headers, H_TRACEPARENT: traceparent, H_TRACE_ID: trace_id}})
+
+
 class OutboxWriter:
     """Writes business changes and their events atomically into one service database."""
 
@@ -91,26 +102,39 @@ class OutboxWriter:
         session it is given and must not have other side effects.
         """
         events_seen: list[Event] = []
+        span = tracing.start_span("outbox write", attributes={"db.system": "mongodb",
+                                                               "db.namespace": self.database.name}) \
+            if tracing.enabled() else None
+        traceparent = None if span is None else tracing.traceparent_of(span)
 
         def callback(session: ClientSession) -> T:
             result, events = work(session)
-            events = list(events)
+            events = list(events) if traceparent is None else [_traced(e, traceparent) for e in events]
             for event in events:
                 validate_event(event, self.max_event_bytes)
             self._insert(session, events)
             events_seen[:] = events
             return result
 
-        with self.client.start_session() as session:
-            result = session.with_transaction(
-                callback,
-                read_concern=ReadConcern("snapshot"),
-                write_concern=WriteConcern(w="majority"),
-                max_commit_time_ms=self.max_commit_time_ms,
-            )
+        try:
+            with self.client.start_session() as session:
+                result = session.with_transaction(
+                    callback,
+                    read_concern=ReadConcern("snapshot"),
+                    write_concern=WriteConcern(w="majority"),
+                    max_commit_time_ms=self.max_commit_time_ms,
+                )
+        except BaseException as exc:
+            if span is not None:
+                tracing.fail(span, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if span is not None:
+                span.set_attribute("cdcflow.events", len(events_seen))
+                span.end()
         for event in events_seen:
             log.debug(
-                "outbox event committed",
+                "outbox_event_committed",
                 event_id=event.event_id,
                 type=event.type,
                 aggregate_id=event.aggregate_id,

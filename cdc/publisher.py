@@ -1,6 +1,7 @@
 """The Kafka side of the tailer: an idempotent producer, delivery reports, and what Kafka refuses for good.
 
-Every event goes to its topic with key = aggregate_id, so one aggregate's events share a partition. The
+Every event goes to its topic (with the deployment's `kafka_topic_prefix`) with key = aggregate_id, so one
+aggregate's events share a partition. The
 producer is idempotent with acks=all and no delivery timeout (`message.timeout.ms=0`): while the broker is
 away, librdkafka retries in order instead of failing a message and letting a later one of the same aggregate
 overtake it.
@@ -73,6 +74,7 @@ class Publisher:
             },
         ))
         self._limits: dict[str, int] = {}
+        self._topic_prefix = settings.kafka_topic_prefix
         self._refused_topics: dict[str, str] = {}
         self._fatal: str | None = None
         self._on_ack = on_ack
@@ -96,6 +98,10 @@ class Publisher:
     @property
     def fatal(self) -> str | None:
         return self._fatal
+
+    def kafka_topic(self, topic: str) -> str:
+        """The Kafka topic the records of logical topic `topic` go to (the deployment's prefix applied)."""
+        return self._topic_prefix + topic
 
     def topic_limit(self, topic: str) -> int:
         """The largest record `topic` takes (created with our limit if missing); TopicRefused if unusable."""
@@ -131,8 +137,9 @@ class Publisher:
     ) -> bool:
         """Hand one record to the producer (or refuse it); blocks while the producer's queue is full.
 
-        False if told to stop meanwhile (the record was not sent and is not tracked)."""
-        topic = entry.topic
+        False if told to stop meanwhile (the record was not sent and is not tracked). `entry.topic` is the
+        logical topic (the event's); the record goes to it with the deployment's prefix."""
+        topic = self._topic_prefix + entry.topic if self._topic_prefix else entry.topic
         inflight.add(entry)
         try:
             limit = self.topic_limit(topic)

@@ -13,6 +13,9 @@ something ends it.
    write per interval, so it never waits behind anything and never runs after its session.
 4. Any failure (MongoDB, Kafka, the fetcher) ends the session; the caller starts a new one from the checkpoint.
    Stopping (SIGTERM) drains what Kafka acknowledges before the deadline, checkpoints it, and returns.
+
+With tracing on (cdc/tracing.py), an event that carries a `traceparent` is sent under a PRODUCER span, child of
+it, that ends with Kafka's acknowledgement; the record carries that span's traceparent on to the workers.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from bson.timestamp import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
+from cdc import tracing
 from cdc.acks import InFlight, Sent
 from cdc.catchup import catch_up
 from cdc.checkpoint import Checkpoint, CheckpointStore, Position
 from cdc.dead_letters import INVALID, REFUSED, DeadLetterStore
 from cdc.errors import CdcError, InvalidEventError
-from cdc.event import Event
+from cdc.event import H_TRACEPARENT, Event
 from cdc.lease import Lease
 from cdc.logs import get_logger
 from cdc.metrics import BATCH_SIZE, EVENTS, IN_FLIGHT, LAG, LATENCY, RESTARTS
@@ -94,7 +98,11 @@ class Session:
         self.number = number
         self.force_catchup = force_catchup
         self.log = get_logger("cdc.tailer", outbox=outbox.key, session=number)
-        self.publisher = Publisher(self.settings, source=outbox.key, on_ack=outbox.on_ack)
+        # Tracing on: spans of the events in flight, by id(entry), ended by the acknowledgement.
+        self._traced = tracing.enabled()
+        self._spans: dict[int, Any] = {}
+        self.publisher = Publisher(self.settings, source=outbox.key,
+                                   on_ack=self._ack_traced if self._traced else outbox.on_ack)
         self.inflight = InFlight()
         self.forwarded = 0
         self.caught_up = False
@@ -123,6 +131,9 @@ class Session:
             self._kill_orphan()
             self.publisher.close(timeout=self._remaining(5.0))
             IN_FLIGHT.labels(self.o.key).set(0)
+            for span in self._spans.values():  # not acknowledged: sent again by the next session
+                span.end()
+            self._spans.clear()
 
     def _kill_orphan(self) -> None:
         """Kill the server cursor of a fetcher that died (kill -9, a crash) with its stream open."""
@@ -302,8 +313,31 @@ class Session:
             return False
         entry = Sent(event.event_id, token, committed_at or event.occurred_at, occurred_at=event.occurred_at,
                      topic=event.topic, document=doc)
-        self.publisher.send_event(event, entry, self.inflight, should_stop=self.o.should_stop)
+        if self._traced and H_TRACEPARENT in event.headers:
+            self._send_traced(event, entry)
+        else:
+            self.publisher.send_event(event, entry, self.inflight, should_stop=self.o.should_stop)
         return True
+
+    def _send_traced(self, event: Event, entry: Sent) -> None:
+        """Send `event` under a PRODUCER span that continues its trace; the record carries the span's context."""
+        topic = self.publisher.kafka_topic(event.topic)
+        span = tracing.start_span(f"{topic} publish", parent=tracing.parse(event.headers[H_TRACEPARENT]),
+                                  kind="PRODUCER", attributes={
+                                      "messaging.system": "kafka", "messaging.operation.type": "send",
+                                      "messaging.destination.name": topic, "messaging.message.id": event.event_id,
+                                      "cdcflow.outbox": self.o.key})
+        self._spans[id(entry)] = span
+        headers = tracing.with_traceparent(event.kafka_headers(), tracing.traceparent_of(span))
+        self.publisher.send(entry, event.to_json(), event.kafka_key(), headers, self.inflight,
+                            should_stop=self.o.should_stop)
+
+    def _ack_traced(self, entry: Sent) -> None:
+        span = self._spans.pop(id(entry), None)
+        if span is not None:
+            span.end()
+        if self.o.on_ack is not None:
+            self.o.on_ack(entry)
 
     def _dead_letter(self, entry: Sent, kind: str, reason: str, topic: str | None) -> None:
         """Record `entry` as a dead letter (before the checkpoint may move past it)."""
@@ -316,6 +350,10 @@ class Session:
         while refusals:
             entry = refusals.popleft()
             self._dead_letter(entry, REFUSED, entry.refused or "refused", entry.topic)
+            span = self._spans.pop(id(entry), None) if self._traced else None
+            if span is not None:
+                tracing.fail(span, entry.refused or "refused")
+                span.end()
 
     def _check_delivery(self) -> None:
         if self.inflight.failed is not None:

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Shortest API key the HTTP APIs accept (a guessable key is no key).
 MIN_API_KEY_LENGTH = 16
+#: What a Kafka topic or group prefix may hold (legal in topic names, at most 100 characters).
+KAFKA_PREFIX_PATTERN = r"^[A-Za-z0-9._-]{0,100}$"
 
 
 def _env(*names: str) -> AliasChoices:
@@ -64,6 +66,12 @@ class Settings(BaseSettings):
     # Kafka.
     kafka_partitions: int = 4
     kafka_replication_factor: int = 1
+    # Two deployments share one Kafka cluster by prefixes: records go to `<topic prefix><topic>` (the event's
+    # `topic` field stays the logical name), and every consumer group is `<group prefix><group>` (unset: the
+    # topic prefix). Applied where records are produced and consumed: tailer, workers, dead letters, replay,
+    # dlq, status, demo, trace.
+    kafka_topic_prefix: str = Field(default="", pattern=KAFKA_PREFIX_PATTERN)
+    kafka_group_prefix: str | None = Field(default=None, pattern=KAFKA_PREFIX_PATTERN)
 
     # Start-up deadlines (seconds) for `infra up`.
     infra_start_timeout: float = 180.0
@@ -82,6 +90,8 @@ class Settings(BaseSettings):
     worker_host: str = "127.0.0.1"
     # Prometheus exporter port of `cdcflow worker` (0: none); supervised, the i-th read model gets port + i.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # The worker's `/healthz` fails once its sink has been waited on (down, refusing) for longer than this.
+    worker_health_max_sink_wait_seconds: float = Field(default=120.0, gt=0)
     # A record larger than this is a dead letter ("too large"), never decoded.
     stream_max_record_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # `cdcflow worker` (all read models): a dead child is restarted after a backoff (initial, doubling, max);
@@ -96,6 +106,12 @@ class Settings(BaseSettings):
     worker_stop_timeout: float = Field(default=30.0, gt=0)
 
     log_level: str = "INFO"
+    # OpenTelemetry tracing (cdc/tracing.py): off by default; `console` prints spans as JSON lines on stdout,
+    # `otlp` sends them to an OTLP/HTTP collector (`pip install 'cdcflow[otlp]'`) at `tracing_otlp_endpoint`.
+    tracing_exporter: Literal["none", "console", "otlp"] = "none"
+    tracing_otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    # Share of new traces recorded (a request's); the tailer and the workers follow the request's decision.
+    tracing_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     log_json: bool | None = None  # None: JSON lines when stderr is not a terminal
 
     # tailer
@@ -131,8 +147,9 @@ class Settings(BaseSettings):
     # SIGTERM ends `cdcflow tail` within this long, even with Kafka or MongoDB away: what Kafka acknowledged by
     # then is checkpointed, the rest is sent again by the next tailer.
     tailer_stop_timeout_seconds: float = Field(default=30.0, ge=2)
-    # Prometheus exporter port of `cdcflow tail` (0: no exporter).
+    # Prometheus exporter (and `/healthz`) port of `cdcflow tail` (0: no exporter), and the interface it binds.
     tailer_metrics_port: int = Field(default=0, ge=0, le=65535)
+    tailer_metrics_host: str = "127.0.0.1"
     # Name of this tailer in leases and logs (default: host:pid).
     tailer_instance_id: str | None = None
 
@@ -196,6 +213,22 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < MIN_API_KEY_LENGTH:
             raise ValueError(f"an API key needs at least {MIN_API_KEY_LENGTH} characters")
         return value
+
+    # -- Kafka names ------------------------------------------------------------------------------------
+
+    def kafka_topic(self, topic: str) -> str:
+        """The Kafka topic that records of logical topic `topic` go to (with the deployment's prefix)."""
+        return self.kafka_topic_prefix + topic
+
+    def logical_topic(self, kafka_topic: str) -> str:
+        """The logical topic of a Kafka topic of this deployment (the prefix taken off)."""
+        prefix = self.kafka_topic_prefix
+        return kafka_topic[len(prefix):] if prefix and kafka_topic.startswith(prefix) else kafka_topic
+
+    def kafka_group(self, group: str) -> str:
+        """The consumer group `group` of this deployment (with its group prefix, by default the topic prefix)."""
+        prefix = self.kafka_topic_prefix if self.kafka_group_prefix is None else self.kafka_group_prefix
+        return prefix + group
 
     @property
     def mongo_uri(self) -> str:

@@ -10,6 +10,9 @@ away) stops everything and `run()` returns exit code 1, so that a supervisor res
 (SIGTERM) ends every thread within `tailer_stop_timeout_seconds`: each outbox sends what it read, checkpoints
 what Kafka acknowledged before the deadline and releases its lease; what was still in flight is sent again by
 the next tailer (at-least-once).
+
+`health()` is what `/healthz` on the metrics port answers (cdc/metrics.py): failing while a thread is dead or
+an outbox's lease, once held, has run out without being renewed or handed to another tailer.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pymongo import MongoClient
 
 from cdc.lease import default_instance_id
 from cdc.logs import get_logger
-from cdc.metrics import serve_metrics
+from cdc.metrics import Exporter, start_exporter
 from cdc.mongo import mongo_client
 from cdc.outbox_tailer import OutboxTailer, Reset, timestamp_of
 from cdc.pruner import Pruner
@@ -68,15 +71,32 @@ class Tailer:
         ]
         self.pruner = Pruner(settings, [o.outbox for o in self.outboxes], self.stop_event)
         self._threads: list[threading.Thread] = []
+        self.exporter: Exporter | None = None
         self.log = get_logger("cdc.tailer", instance=self.instance_id)
 
     def stop_deadline(self) -> float | None:
         """Monotonic time by which every outbox must have stopped, once a stop was requested."""
         return self._stop_deadline
 
+    def health(self) -> list[str]:
+        """Why this tailer is not doing its job (empty: healthy): a thread that died or ended while the tailer
+        was not stopping, or a lease this tailer held that ran out without another tailer taking it over
+        (MongoDB unreachable, renewals failing). A standby, whose leases are held by another tailer, is healthy."""
+        reasons: list[str] = []
+        if self.crashed is not None:
+            reasons.append(f"thread died: {self.crashed}")
+        if not self.stop_event.is_set():
+            reasons += [f"thread {t.name} is not running" for t in self._threads if not t.is_alive()]
+        for outbox in self.outboxes:
+            lease = outbox.lease
+            if lease.fence is not None and not lease.held:
+                reasons.append(f"lease of {outbox.key} lost: not renewed within {lease.ttl.total_seconds():g}s")
+        return reasons
+
     def start(self) -> Tailer:
-        serve_metrics(self.settings.tailer_metrics_port)
-        self.log.info("tailer starting", outboxes=[o.key for o in self.outboxes])
+        self.exporter = start_exporter(self.settings.tailer_metrics_port, self.settings.tailer_metrics_host,
+                                       self.health)
+        self.log.info("tailer_starting", outboxes=[o.key for o in self.outboxes])
         targets: list[tuple[str, Callable[[], None]]] = [(f"tail-{o.key}", o.run) for o in self.outboxes]
         targets.append(("outbox-pruner", self.pruner.run))
         for name, target in targets:
@@ -95,7 +115,7 @@ class Tailer:
         return run
 
     def _crash(self, name: str, exc: BaseException) -> None:
-        self.log.error("tailer thread died; stopping the tailer", thread=name, error=repr(exc),
+        self.log.error("tailer_thread_died", thread=name, error=repr(exc), action="stopping the tailer",
                        exc_info=(type(exc), exc, exc.__traceback__))
         if self.crashed is None:
             self.crashed = f"{name}: {exc!r}"
@@ -119,9 +139,15 @@ class Tailer:
         """Stop (drain, checkpoint, release the leases) and wait; True on a clean stop within the bound."""
         self.request_stop()
         done = self.join(timeout if timeout is not None else self.settings.tailer_stop_timeout_seconds)
+        self._close_exporter()
         if self._own_client:
             self.client.close()
         return done
+
+    def _close_exporter(self) -> None:
+        exporter, self.exporter = self.exporter, None
+        if exporter is not None:
+            exporter.close()
 
     def run(self) -> int:
         """Start and block until stopped; the process exit code: 0 after a clean stop, 1 otherwise."""
@@ -133,12 +159,13 @@ class Tailer:
         clean = self.join(max(0.0, deadline + _STOP_RESERVE_SECONDS - time.monotonic()))
         if not clean:
             alive = [t.name for t in self._threads if t.is_alive()]
-            self.log.error("tailer did not stop in time; exiting anyway", still_running=alive,
+            self.log.error("tailer_stop_timed_out", still_running=alive, action="exiting anyway",
                            bound_seconds=self.settings.tailer_stop_timeout_seconds)
+        self._close_exporter()
         if self._own_client:
             self.client.close()
         if self.crashed is not None:
-            self.log.error("tailer stopped after a failure", reason=self.crashed)
+            self.log.error("tailer_stopped_after_failure", reason=self.crashed)
             return 1
         return 0 if clean else 1
 

@@ -71,16 +71,16 @@ def _count(settings: Settings) -> Counts:
     counts = Counts()
     timeout = settings.status_timeout_seconds
     for topic in TOPICS:
-        reader = group_reader(settings, "cdcflow.demo.probe")
+        reader = group_reader(settings, settings.kafka_group("cdcflow.demo.probe"))
         try:
-            found = topic_offsets(reader, topic, timeout)
+            found = topic_offsets(reader, settings.kafka_topic(topic), timeout)
         finally:
             reader.close()
         counts.topic_end[topic] = sum(hi for _, hi in found[0].values()) if found else 0
     for name, model in READ_MODELS.items():
-        reader = group_reader(settings, model.consumer_group())
+        reader = group_reader(settings, settings.kafka_group(model.consumer_group()))
         try:
-            found = topic_offsets(reader, model.topic, timeout)
+            found = topic_offsets(reader, settings.kafka_topic(model.topic), timeout)
         finally:
             reader.close()
         counts.consumed[name] = sum(found[1].values()) if found else 0
@@ -168,7 +168,7 @@ def run_demo(
     console.print(_counts_table(
         "servers", [(s.name, s.endpoint, f"{s.seconds or 0:.1f}s") for s in statuses], ("server", "endpoint", "up in")
     ))
-    ensure_topics(settings, TOPICS)
+    ensure_topics(settings, [settings.kafka_topic(t) for t in TOPICS])
     before = _count(settings)
     since = datetime.now(UTC)
     pipeline = Pipeline(settings, settings.runtime_dir / "demo")

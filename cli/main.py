@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from cdc.errors import CdcError
 from cdc.logs import configure_logging
 from cdc.settings import load_settings
-from cli import dlq, replay, serve, tail, usage, worker
+from cli import dlq, replay, serve, tail, trace, usage, worker
 from cli.infra import app as infra_app
 from infra.errors import InfraError
 
@@ -23,14 +23,35 @@ app = typer.Typer(
 )
 app.add_typer(infra_app, name="infra")
 
-for register in (tail.register, worker.register, dlq.register, replay.register, usage.register, serve.register):
+for register in (tail.register, worker.register, dlq.register, replay.register, usage.register, serve.register,
+                 trace.register):
     register(app)
+
+
+def version() -> str:
+    """The installed cdcflow's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("cdcflow")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cdcflow {version()}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
     ctx: typer.Context,
     log_level: Annotated[str | None, typer.Option(help="Log level (default from CDCFLOW_LOG_LEVEL).")] = None,
+    show_version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
 ) -> None:
     settings = load_settings()
     configure_logging(log_level or settings.log_level, settings.log_json)

@@ -9,8 +9,18 @@
   a group that never committed counts everything retained as lag;
 - per `<topic>.dlq`: dead letters held, and how many were not replayed yet.
 
-`verdict()` turns that into problems (exit code 1: lag or backlog over the `status_*` thresholds, or a part
-that could not be read) and warnings (reported, exit code 0: no tailer leader, a stale checkpoint, dead letters).
+Topics and consumer groups are the deployment's (`kafka_topic_prefix`, `kafka_group_prefix`).
+
+`verdict()` sorts what it finds into three kinds, and the exit code is the worst, as monitoring probes
+(Nagios, Icinga, Sensu, a Kubernetes exec probe) read it:
+
+- 2 critical (`problems`): an outbox backlog over `status_max_backlog` events, its oldest event not yet on
+  Kafka older than `status_max_backlog_age_seconds`, a read model's consumer lag over `status_max_lag`;
+- 3 unknown (`unknown`, when nothing is critical): a part could not be read (MongoDB, Kafka, a `.dlq` topic);
+- 1 warning (`warnings`, when nothing is critical or unknown): no live tailer lease, a stale checkpoint,
+  dead letters not re-driven (the tailer's or a `.dlq` topic's);
+- 0 ok.
+
 Gathering is I/O; the verdict and the formatting are pure functions (unit-tested).
 """
 
@@ -31,10 +41,10 @@ from cdc.kafka import group_reader, topic_offsets
 from cdc.logs import get_logger
 from cdc.mongo import mongo_client
 from cdc.outbox import backlog
-from cdc.schemas import TOPICS, dlq_topic
 from cdc.services import SERVICE_DATABASES, service_database
 from cdc.settings import Settings
 from sinks.registry import READ_MODELS
+from streams.dlq import dlq_topics as default_dlq_topics
 from streams.dlq import replay_group
 
 log = get_logger(__name__)
@@ -110,14 +120,27 @@ class Status:
     problems: list[str]
     warnings: list[str]
     gathered_at: datetime
+    unknown: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        """Nothing critical and everything could be read (warnings allowed)."""
+        return not self.problems and not self.unknown
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok, 1 warning, 2 critical, 3 unknown (a part could not be read and nothing is critical)."""
+        return exit_code(self.problems, self.warnings, self.unknown)
+
+    @property
+    def level(self) -> str:
+        return LEVELS[self.exit_code]
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["ok"] = self.ok
+        data["level"] = self.level
+        data["exit_code"] = self.exit_code
         data["gathered_at"] = self.gathered_at.isoformat()
         for rm in data["read_models"]:
             rm["partitions"] = {str(p): n for p, n in rm["partitions"].items()}
@@ -126,19 +149,32 @@ class Status:
 
 # -- verdict (pure) ---------------------------------------------------------------------------------------
 
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+LEVELS = {OK: "ok", WARNING: "warning", CRITICAL: "critical", UNKNOWN: "unknown"}
+
+
+def exit_code(problems: Sequence[str], warnings: Sequence[str], unknown: Sequence[str]) -> int:
+    """The probe's exit code: critical over unknown over warning over ok."""
+    if problems:
+        return CRITICAL
+    if unknown:
+        return UNKNOWN
+    return WARNING if warnings else OK
+
 
 def verdict(
     outboxes: Sequence[OutboxStatus],
     read_models: Sequence[LagStatus],
     dead_letters: Sequence[DeadLetterStatus],
     thresholds: Thresholds,
-) -> tuple[list[str], list[str]]:
-    """(problems, warnings): problems make `status` exit 1."""
+) -> tuple[list[str], list[str], list[str]]:
+    """(problems: critical, warnings, unknown: what could not be read)."""
     problems: list[str] = []
     warnings: list[str] = []
+    unknown: list[str] = []
     for o in outboxes:
         if o.error:
-            problems.append(f"outbox {o.database}: cannot read it: {o.error}")
+            unknown.append(f"outbox {o.database}: cannot read it: {o.error}")
             continue
         if o.backlog is not None and o.backlog > thresholds.max_backlog:
             problems.append(
@@ -158,17 +194,17 @@ def verdict(
             warnings.append(f"outbox {o.database}: checkpoint is {_age(o.checkpoint_age_seconds)} old")
     for rm in read_models:
         if rm.error:
-            problems.append(f"read model {rm.read_model}: cannot read lag of {rm.group}: {rm.error}")
+            unknown.append(f"read model {rm.read_model}: cannot read lag of {rm.group}: {rm.error}")
         elif rm.lag is not None and rm.lag > thresholds.max_lag:
             problems.append(
                 f"read model {rm.read_model}: lag {rm.lag} on {rm.topic} (max {thresholds.max_lag})"
             )
     for d in dead_letters:
         if d.error:
-            warnings.append(f"{d.topic}: cannot read it: {d.error}")
+            unknown.append(f"{d.topic}: cannot read it: {d.error}")
         elif d.unreplayed:
             warnings.append(f"{d.topic}: {d.unreplayed} dead letters not replayed (`cdcflow dlq list`)")
-    return problems, warnings
+    return problems, warnings, unknown
 
 
 def _age(seconds: float) -> str:
@@ -203,8 +239,10 @@ def service_databases(settings: Settings) -> dict[str, str]:
     return {svc: service_database(settings, svc) for svc in SERVICE_DATABASES}
 
 
-def default_lag_targets() -> list[LagTarget]:
-    return [LagTarget(rm.name, rm.consumer_group(), rm.topic) for rm in READ_MODELS.values()]
+def default_lag_targets(settings: Settings) -> list[LagTarget]:
+    """Every read model's consumer group on its topic, as this deployment names them (its prefixes)."""
+    return [LagTarget(rm.name, settings.kafka_group(rm.consumer_group()), settings.kafka_topic(rm.topic))
+            for rm in READ_MODELS.values()]
 
 
 def outbox_status(
@@ -261,7 +299,7 @@ def lag_status(settings: Settings, target: LagTarget, timeout: float) -> LagStat
 
 
 def dead_letter_status(settings: Settings, topic: str, timeout: float) -> DeadLetterStatus:
-    consumer = group_reader(settings, replay_group(topic))
+    consumer = group_reader(settings, replay_group(settings, topic))
     try:
         found = topic_offsets(consumer, topic, timeout)
     except Exception as exc:
@@ -298,14 +336,15 @@ def gather_status(
     finally:
         if own:
             mongo.close()
-    targets = list(lag_targets) if lag_targets is not None else default_lag_targets()
+    targets = list(lag_targets) if lag_targets is not None else default_lag_targets(settings)
     lags = [lag_status(settings, t, timeout) for t in targets]
-    topics = list(dlq_topics) if dlq_topics is not None else [dlq_topic(t) for t in TOPICS]
+    topics = list(dlq_topics) if dlq_topics is not None else default_dlq_topics(settings)
     letters = [dead_letter_status(settings, t, timeout) for t in topics]
     thresholds = Thresholds.from_settings(settings)
-    problems, warnings = verdict(outboxes, lags, letters, thresholds)
-    log.debug("status_gathered", seconds=round(time.monotonic() - started, 3), problems=len(problems))
-    return Status(outboxes, lags, letters, thresholds, problems, warnings, now)
+    problems, warnings, unknown = verdict(outboxes, lags, letters, thresholds)
+    log.debug("status_gathered", seconds=round(time.monotonic() - started, 3), problems=len(problems),
+              unknown=len(unknown))
+    return Status(outboxes, lags, letters, thresholds, problems, warnings, now, unknown)
 
 
 def _aware(value: Any) -> datetime | None:
@@ -339,6 +378,7 @@ def render_lines(status: Status) -> list[str]:
     for d in status.dead_letters:
         lines.append(f"{d.topic}: {d.total} dead letters, {d.unreplayed} not replayed")
     lines.extend(f"PROBLEM: {p}" for p in status.problems)
+    lines.extend(f"UNKNOWN: {u}" for u in status.unknown)
     lines.extend(f"warning: {w}" for w in status.warnings)
-    lines.append("status: OK" if status.ok else "status: FAILING")
+    lines.append(f"status: {status.level.upper()} (exit code {status.exit_code})")
     return lines

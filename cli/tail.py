@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from cdc import tracing
 from cdc.settings import Settings
 from cdc.tailer import Reset, Tailer, timestamp_of
 
@@ -58,6 +59,7 @@ def register(app: typer.Typer) -> None:
             ):
                 raise typer.Exit(1)
             reset_spec = Reset(start_at=timestamp_of(start) if start else None, scan_from=start)
+        tracing.setup(settings, "cdcflow-tailer")
         tailer = Tailer(settings, databases, reset=reset_spec)
 
         def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -66,4 +68,6 @@ def register(app: typer.Typer) -> None:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         # Non-zero when a thread died or the stop took longer than its bound: a supervisor restarts us.
-        raise typer.Exit(tailer.run())
+        code = tailer.run()
+        tracing.shutdown()
+        raise typer.Exit(code)

@@ -1,7 +1,8 @@
 """Everyday commands: `cdcflow query ...` over the read models and `cdcflow status`.
 
-Readable tables by default, `--json` for scripts. Exit codes: 0 ok; 1 unknown id, a store that is down, or (status)
-lag/backlog over the thresholds; 2 bad parameters (a date that does not parse, a bad window).
+Readable tables by default, `--json` for scripts. Exit codes of the queries: 0 ok; 1 unknown id, a store that is
+down; 2 bad parameters (a date that does not parse, a bad window). `status` answers as monitoring probes expect
+(cli/status.py): 0 ok, 1 warning, 2 critical, 3 unknown.
 """
 
 from __future__ import annotations
@@ -185,8 +186,11 @@ def status_tables(data: dict[str, Any]) -> list[Any]:
             dlq.add_row(d["topic"], str(d["total"]), str(d["unreplayed"]))
     lines: list[Any] = [out, lag, dlq]
     lines.extend(f"[red]PROBLEM[/red] {p}" for p in data["problems"])
+    lines.extend(f"[magenta]UNKNOWN[/magenta] {u}" for u in data.get("unknown", []))
     lines.extend(f"[yellow]warning[/yellow] {w}" for w in data["warnings"])
-    lines.append("[green]status: OK[/green]" if data["ok"] else "[red]status: FAILING[/red] (exit code 1)")
+    level, code = data.get("level", "ok" if data["ok"] else "critical"), data.get("exit_code", 0 if data["ok"] else 2)
+    color = {"ok": "green", "warning": "yellow", "critical": "red", "unknown": "magenta"}.get(level, "red")
+    lines.append(f"[{color}]status: {level.upper()}[/{color}] (exit code {code})")
     return lines
 
 
@@ -279,15 +283,21 @@ def query_top_products(
 def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Outbox backlog, tailer leader and checkpoint age, consumer lag per read model, dead letters.
 
-    Exit code 1 when lag or backlog is over the CDCFLOW_STATUS_MAX_* thresholds (for scripts and probes).
+    Exit codes, as monitoring probes read them: 0 ok; 1 warning (no live tailer lease, a stale checkpoint,
+    dead letters not re-driven); 2 critical (backlog, its age or consumer lag over the CDCFLOW_STATUS_MAX_*
+    thresholds); 3 unknown (a part could not be read, and nothing is critical).
     """
-    from cli.status import gather_status
+    from cli.status import UNKNOWN, gather_status
 
     settings: Settings = ctx.obj
-    report = gather_status(settings)
+    try:
+        report = gather_status(settings)
+    except Exception as exc:  # whatever stops the gathering, a probe must read "unknown", not a traceback
+        typer.secho(f"status: UNKNOWN: cannot gather the status: {type(exc).__name__}: {str(exc)[:300]}",
+                    fg="magenta", err=True)
+        raise typer.Exit(UNKNOWN) from None
     _emit(report.to_json(), as_json, status_tables)
-    if not report.ok:
-        raise typer.Exit(1)
+    raise typer.Exit(report.exit_code)
 
 
 def register(app: typer.Typer) -> None:

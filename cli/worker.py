@@ -30,19 +30,25 @@ def worker(
     read_model: Annotated[
         str | None, typer.Option("--read-model", help=f"One of: {', '.join(READ_MODELS)} (default: all).")
     ] = None,
-    topic: Annotated[str | None, typer.Option(help="Source topic (default: the read model's).")] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="Source Kafka topic, taken as is (default: <topic prefix><the read model's>).")
+    ] = None,
     group_id: Annotated[
-        str | None, typer.Option(help="Consumer group (default: cdcflow.<read model>).")
+        str | None, typer.Option(help="Consumer group, taken as is (default: <group prefix>cdcflow.<read model>).")
     ] = None,
     namespace: Annotated[
         str | None, typer.Option(help="Sink namespace: schema/keyspace/label prefix (default: the live one).")
     ] = None,
     topic_prefix: Annotated[
-        str, typer.Option(help="Prefix of the source topics, e.g. 'staging_' (their .dlq topics follow).")
-    ] = "",
+        str | None,
+        typer.Option(help="Prefix of the Kafka topics, e.g. 'staging.' (their .dlq topics follow; default "
+                          "CDCFLOW_KAFKA_TOPIC_PREFIX).", show_default=False),
+    ] = None,
     group_prefix: Annotated[
-        str, typer.Option(help="Prefix of the consumer groups: <prefix><read model>.")
-    ] = "cdcflow.",
+        str | None,
+        typer.Option(help="Prefix of the consumer groups: <prefix>cdcflow.<read model> (default "
+                          "CDCFLOW_KAFKA_GROUP_PREFIX, else the topic prefix).", show_default=False),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(help="Prometheus exporter port (default CDCFLOW_WORKER_METRICS_PORT; all: port + i).",
@@ -57,8 +63,13 @@ def worker(
     """Run stream workers that keep the read models current (all of them by default, one process each,
     each restarted when it dies)."""
     settings = _settings(ctx)
-    if _PREFIX.fullmatch(topic_prefix) is None or _PREFIX.fullmatch(group_prefix) is None:
-        raise typer.BadParameter("prefixes are letters, digits, '.', '_' and '-' (at most 100)")
+    for prefix in (topic_prefix, group_prefix):
+        if prefix is not None and _PREFIX.fullmatch(prefix) is None:
+            raise typer.BadParameter("prefixes are letters, digits, '.', '_' and '-' (at most 100)")
+    if topic_prefix is not None:
+        settings = settings.model_copy(update={"kafka_topic_prefix": topic_prefix})
+    if group_prefix is not None:
+        settings = settings.model_copy(update={"kafka_group_prefix": group_prefix})
     if metrics_port is not None:
         settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
     if web_port is not None:
@@ -66,28 +77,24 @@ def worker(
     if read_model is None:
         if topic or group_id:
             raise typer.BadParameter("--topic/--group-id need --read-model")
-        raise typer.Exit(_supervise(settings, list(READ_MODELS), namespace, topic_prefix, group_prefix))
+        raise typer.Exit(_supervise(settings, list(READ_MODELS), namespace))
     if read_model not in READ_MODELS:
         raise typer.BadParameter(f"unknown read model {read_model!r}; known: {', '.join(READ_MODELS)}")
     from streams.app import WorkerSpec, run_worker
 
-    rm = READ_MODELS[read_model]
-    spec = WorkerSpec.of(settings, read_model, topic=topic or topic_prefix + rm.topic,
-                         group_id=group_id or group_prefix + read_model, namespace=namespace)
+    spec = WorkerSpec.of(settings, read_model, topic=topic, group_id=group_id, namespace=namespace)
     run_worker(settings, spec)
 
 
 _PREFIX = re.compile(r"[A-Za-z0-9._-]{0,100}")
 
 
-def _supervise(
-    settings: Settings, names: list[str], namespace: str | None, topic_prefix: str, group_prefix: str
-) -> int:
+def _supervise(settings: Settings, names: list[str], namespace: str | None) -> int:
     """One child process per read model (Faust: one consumer group per app), restarted when it dies."""
     children: list[tuple[str, list[str]]] = []
     for i, name in enumerate(names):
-        argv = [sys.executable, "-m", "cli", "worker", "--read-model", name, "--topic-prefix", topic_prefix,
-                "--group-prefix", group_prefix]
+        argv = [sys.executable, "-m", "cli", "worker", "--read-model", name,
+                "--topic-prefix", settings.kafka_topic_prefix, "--group-prefix", settings.kafka_group("")]
         if namespace:
             argv += ["--namespace", namespace]
         if settings.worker_metrics_port:

@@ -21,6 +21,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
+from cdc import tracing
 from cdc.errors import EventTooLargeError, InvalidEventError
 from cdc.http_api import ApiKind, error_response, error_responses, install_error_handlers, install_guard
 from cdc.logs import get_logger
@@ -102,16 +103,19 @@ def create_service_app(
             writer.ensure_indexes()
             setup(ctx)
             app.state.ctx = ctx
-            log.info("service started", service=name, database=db_name)
+            log.info("service_started", service=name, database=db_name)
             yield
         finally:
             heartbeat.enabled = False
             client.close()
-            log.info("service stopped", service=name)
+            log.info("service_stopped", service=name)
 
     app = FastAPI(title=f"cdcflow {name} service", lifespan=lifespan)
     _install_error_handlers(app, settings)
     install_guard(app, settings, ApiKind.WRITE)
+    if tracing.setup(settings, f"cdcflow-{name}"):
+        # Outermost: the request's span is current for everything below it, the outbox write included.
+        app.add_middleware(tracing.TraceMiddleware)
 
     @app.get("/health", responses=error_responses(503, 504))
     def health(request: Request) -> dict[str, str]:
@@ -158,7 +162,7 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
     async def _mongo(request: Request, exc: PyMongoError) -> JSONResponse:
         # The driver's text names hosts and users: it goes to the log, never into the body.
         kind = classify(exc)
-        log.warning("mongodb error", path=request.url.path, kind=kind.value, error=str(exc)[:500])
+        log.warning("mongodb_error", path=request.url.path, kind=kind.value, error=str(exc)[:500])
         if kind is Failure.OUTAGE:
             return error_response(503, "MongoDB unavailable", headers={"Retry-After": "1"})
         if kind is Failure.BUSY:

@@ -16,6 +16,11 @@ and `execute_from_commandline` re-raises the crash. `run_worker` turns that into
 `EXIT_AGENT_CRASHED`, and a watchdog ends the process with it if the shutdown takes longer than
 `worker_stop_timeout`. A supervisor (`cdcflow worker`, systemd, Kubernetes) then restarts it, and the
 uncommitted records are consumed again.
+
+Observability: with `worker_metrics_port`, the worker serves Prometheus metrics (streams/metrics.py) and
+`/healthz`, which fails while the agent has crashed or the sink has been waited on for longer than
+`worker_health_max_sink_wait_seconds`. With tracing on (cdc/tracing.py), each record that carries a
+`traceparent` is applied under a CONSUMER span that continues the trace of the request that wrote it.
 """
 
 from __future__ import annotations
@@ -23,22 +28,25 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import faust
 from mode.supervisors import CrashingSupervisor
-from prometheus_client import start_http_server
 
+from cdc import tracing
 from cdc.kafka import ensure_topics
 from cdc.logs import get_logger
+from cdc.metrics import start_exporter
 from cdc.retry import Backoff, retry_call
 from cdc.schemas import dlq_topic
 from cdc.settings import Settings
 from sinks.registry import read_model
 from streams.dlq import dead_letter_headers
-from streams.processor import BatchProcessor, DeadLetter, RawRecord
+from streams.metrics import BATCH_SIZE, EVENTS, LAG, LAG_SECONDS, SINK_WAIT_SECONDS
+from streams.processor import BatchProcessor, BatchResult, DeadLetter, RawRecord
 
 log = get_logger(__name__)
 
@@ -65,10 +73,12 @@ class WorkerSpec:
         group_id: str | None = None,
         namespace: str | None = None,
     ) -> WorkerSpec:
-        """The spec of read model `name`, defaults from the registry and settings."""
+        """The spec of read model `name`, defaults from the registry and settings (the deployment's topic and
+        group prefixes applied to the defaults; `topic` and `group_id` are taken as they are)."""
         rm = read_model(name)
         return cls(
-            name, topic or rm.topic, group_id or rm.consumer_group(), namespace or settings.sink_namespace
+            name, topic or settings.kafka_topic(rm.topic), group_id or settings.kafka_group(rm.consumer_group()),
+            namespace or settings.sink_namespace,
         )
 
 
@@ -170,15 +180,28 @@ def create_app(
     bound = log.bind(read_model=spec.read_model, topic=spec.topic, group_id=spec.group_id)
 
     agent_name = f"{spec.read_model}_agent"
+    consumed = EVENTS.labels("consumed", spec.read_model)
+    batch_size = BATCH_SIZE.labels(spec.read_model)
+    lag_seconds = LAG_SECONDS.labels(spec.read_model)
+    applied: dict[int, int] = {}  # partition -> next offset to apply
 
     async def consume(stream: Any) -> None:
         batches = stream.noack_take(settings.stream_batch_size, within=settings.stream_batch_within)
         try:
             async for events in batches:
                 records = [raw_record(e) for e in events]
+                consumed.inc(len(records))
+                batch_size.observe(len(records))
+                spans = _start_spans(records, spec.read_model) if tracing.enabled() else None
                 result = await processor.process(records)
+                if spans:
+                    _end_spans(spans, result)
                 for event in events:
                     await stream.ack(event)
+                for r in records:
+                    applied[r.partition] = r.offset + 1
+                last = records[-1].timestamp
+                lag_seconds.set(max(0.0, time.time() - last) if last else 0.0)
                 bound.debug("batch_acked", events=len(events), written=result.written, dead=len(result.dead),
                             last_offset=records[-1].offset, partition=records[-1].partition)
         except Exception as exc:  # not CancelledError (a stop or a rebalance): that one is Faust's
@@ -187,7 +210,77 @@ def create_app(
 
     app.agent(source, name=agent_name, supervisor_strategy=CrashingSupervisor)(consume)
 
+    status = processor.status
+    SINK_WAIT_SECONDS.labels(spec.read_model).set_function(
+        lambda: max(0.0, time.time() - status.since) if status.waiting and status.since else 0.0
+    )
+    if settings.worker_metrics_port:
+        app.timer(interval=LAG_INTERVAL_SECONDS, name=f"{spec.read_model}_lag")(
+            _lag_probe(app, spec, applied, lag_seconds)
+        )
     return app, processor
+
+
+#: How often the worker measures its lag (one request for the end offsets of its partitions).
+LAG_INTERVAL_SECONDS = 5.0
+
+
+def _lag_probe(app: faust.App, spec: WorkerSpec, applied: dict[int, int], lag_seconds: Any) -> Any:
+    """A timer that sets `cdcflow_worker_lag` for every assigned partition (end offset minus the next offset to
+    apply), and `cdcflow_worker_lag_seconds` to 0 when nothing is left."""
+    reported: set[int] = set()
+
+    async def probe() -> None:
+        consumer = app.consumer
+        tps = sorted((tp for tp in consumer.assignment() if tp.topic == spec.topic), key=lambda tp: tp.partition)
+        ends = await consumer.highwaters(*tps) if tps else {}
+        total = 0
+        for tp in tps:
+            end = ends.get(tp)
+            position = applied.get(tp.partition)
+            if position is None:  # nothing applied since the assignment: where the consumer stands
+                position = await consumer.position(tp)
+            if end is None or position is None:
+                continue
+            lag = max(0, int(end) - int(position))
+            total += lag
+            LAG.labels(spec.read_model, str(tp.partition)).set(lag)
+        current = {tp.partition for tp in tps}
+        for gone in reported - current:  # revoked by a rebalance: another worker reports it now
+            LAG.remove(spec.read_model, str(gone))
+            applied.pop(gone, None)
+        reported.clear()
+        reported.update(current)
+        if total == 0:
+            lag_seconds.set(0.0)
+
+    return probe
+
+
+def _start_spans(records: list[RawRecord], read_model: str) -> list[tuple[RawRecord, Any]]:
+    """A CONSUMER span per record that carries a traceparent, child of it (the tailer's span)."""
+    spans = []
+    for r in records:
+        parent = tracing.parse(tracing.header(r.headers))
+        if parent is None:
+            continue
+        spans.append((r, tracing.start_span(f"{r.topic} process", parent=parent, kind="CONSUMER", attributes={
+            "messaging.system": "kafka", "messaging.operation.type": "process",
+            "messaging.destination.name": r.topic, "messaging.destination.partition.id": str(r.partition),
+            "messaging.kafka.offset": r.offset, "messaging.batch.message_count": len(records),
+            "cdcflow.read_model": read_model,
+        })))
+    return spans
+
+
+def _end_spans(spans: list[tuple[RawRecord, Any]], result: BatchResult) -> None:
+    dead = {(d.record.partition, d.record.offset): d.reason for d in result.dead}
+    for record, span in spans:
+        reason = dead.get((record.partition, record.offset))
+        if reason is not None:
+            span.set_attribute("cdcflow.dead_letter", True)
+            tracing.fail(span, reason)
+        span.end()
 
 
 def prepare_topics(settings: Settings, spec: WorkerSpec, attempts: int = 10) -> None:
@@ -204,10 +297,11 @@ def run_worker(settings: Settings, spec: WorkerSpec) -> NoReturn:
 
     Exits with EXIT_AGENT_CRASHED when its agent crashed."""
     prepare_topics(settings, spec)
+    tracing.setup(settings, f"cdcflow-worker-{spec.read_model}")
     crash = CrashWatch(settings.worker_stop_timeout)
     app, processor = create_app(settings, spec, crash)
-    if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port, addr=settings.worker_host)
+    start_exporter(settings.worker_metrics_port, settings.worker_host,
+                   worker_health(settings, spec, app, processor, crash))
     log.info("worker_starting", read_model=spec.read_model, topic=spec.topic, group_id=spec.group_id,
              namespace=spec.namespace, metrics_port=settings.worker_metrics_port or None)
     worker = faust.Worker(
@@ -221,3 +315,28 @@ def run_worker(settings: Settings, spec: WorkerSpec) -> NoReturn:
         raise
     finally:
         processor.close()
+        tracing.shutdown()
+
+
+def worker_health(
+    settings: Settings, spec: WorkerSpec, app: faust.App, processor: BatchProcessor, crash: CrashWatch
+) -> Callable[[], list[str]]:
+    """What the worker's `/healthz` answers: failing while its agent has crashed (the process is about to
+    exit) or its sink has been waited on for longer than `worker_health_max_sink_wait_seconds`."""
+    limit = settings.worker_health_max_sink_wait_seconds
+
+    def health() -> list[str]:
+        reasons = []
+        if crash.reason is not None:
+            reasons.append(f"agent of {spec.read_model} crashed: {crash.reason!r}")
+        elif app.crashed:
+            reasons.append(f"worker of {spec.read_model} crashed: {app.crash_reason!r}")
+        status = processor.status
+        if status.waiting and status.since is not None and time.time() - status.since > limit:
+            reasons.append(
+                f"sink of {spec.read_model} waited on for {time.time() - status.since:.0f}s (over {limit:g}s): "
+                f"{status.cause}: {(status.last_error or '')[:300]}"
+            )
+        return reasons
+
+    return health

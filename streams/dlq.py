@@ -1,12 +1,17 @@
 """Dead letters: the record format on `<topic>.dlq`, listing them, and replaying them after a fix.
 
 A dead letter keeps the original key, value bytes and headers, and adds `dlq_*` headers: the reason, the
-read model that refused it, the source topic/partition/offset and the time. Two read models share `orders`, so
-one bad record can be dead-lettered twice (once per read model); replay re-drives each source record once.
+read model that refused it, the source topic/partition/offset and the time. It also carries Kafka Connect's
+`__connect.errors.*` headers (source topic, partition, offset, stage, exception class and message, the
+"connector": the read model), so tools written for Connect's dead-letter queues read them too. Two read models
+share `orders`, so one bad record can be dead-lettered twice (once per read model); replay re-drives each
+source record once.
+
+Topics are the deployment's (`kafka_topic_prefix`): `<prefix><topic>.dlq`; `--topic` takes the logical name.
 
 Replay re-produces the original record to its source topic (every read model of that topic sees it again,
 which is harmless: sinks are idempotent) and then commits its progress in the consumer group
-`cdcflow.dlq-replay.<dlq topic>`, so a second replay only re-drives letters that arrived since.
+`<group prefix>cdcflow.dlq-replay.<dlq topic>`, so a second replay only re-drives letters that arrived since.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from cdc.kafka import kafka_config, producer_config
 from cdc.logs import get_logger
 from cdc.schemas import TOPICS, dlq_topic
 from cdc.settings import Settings
-from streams.processor import DeadLetter
+from streams.processor import STAGE_SINK, DeadLetter
 
 log = get_logger(__name__)
 
@@ -37,6 +42,23 @@ H_EVENT_ID = "dlq_event_id"
 H_REPLAYED_FROM = "dlq_replayed_from"
 _DLQ_HEADERS = {H_REASON, H_READ_MODEL, H_SOURCE_TOPIC, H_SOURCE_PARTITION, H_SOURCE_OFFSET, H_FAILED_AT,
                 H_EVENT_ID}
+# Kafka Connect's dead-letter context headers (its DeadLetterQueueReporter), values as UTF-8 text.
+CONNECT_PREFIX = "__connect.errors."
+H_CONNECT_TOPIC = CONNECT_PREFIX + "topic"
+H_CONNECT_PARTITION = CONNECT_PREFIX + "partition"
+H_CONNECT_OFFSET = CONNECT_PREFIX + "offset"
+H_CONNECT_CONNECTOR = CONNECT_PREFIX + "connector.name"
+H_CONNECT_TASK = CONNECT_PREFIX + "task.id"
+H_CONNECT_STAGE = CONNECT_PREFIX + "stage"
+H_CONNECT_CLASS = CONNECT_PREFIX + "class.name"
+H_CONNECT_EXCEPTION = CONNECT_PREFIX + "exception.class.name"
+H_CONNECT_MESSAGE = CONNECT_PREFIX + "exception.message"
+
+
+def _added_here(name: str) -> bool:
+    """A header this module adds to a dead letter (dropped from the original ones, and again on re-drive)."""
+    return name in _DLQ_HEADERS or name.startswith(CONNECT_PREFIX)
+
 
 #: Longest reason kept in a header.
 MAX_REASON = 2000
@@ -45,9 +67,10 @@ MAX_REASON = 2000
 def dead_letter_headers(letter: DeadLetter, now: datetime | None = None) -> list[tuple[str, bytes]]:
     """The headers of a dead-letter record: the original ones plus the dlq_* ones."""
     r = letter.record
-    headers = [(k, v) for k, v in r.headers if k not in _DLQ_HEADERS]
+    reason = letter.reason[:MAX_REASON].encode()
+    headers = [(k, v) for k, v in r.headers if not _added_here(k)]
     headers += [
-        (H_REASON, letter.reason[:MAX_REASON].encode()),
+        (H_REASON, reason),
         (H_READ_MODEL, letter.read_model.encode()),
         (H_SOURCE_TOPIC, r.topic.encode()),
         (H_SOURCE_PARTITION, str(r.partition).encode()),
@@ -56,12 +79,28 @@ def dead_letter_headers(letter: DeadLetter, now: datetime | None = None) -> list
     ]
     if letter.event_id:
         headers.append((H_EVENT_ID, letter.event_id.encode()))
+    headers += [
+        (H_CONNECT_TOPIC, r.topic.encode()),
+        (H_CONNECT_PARTITION, str(r.partition).encode()),
+        (H_CONNECT_OFFSET, str(r.offset).encode()),
+        (H_CONNECT_CONNECTOR, letter.read_model.encode()),
+        (H_CONNECT_TASK, b"0"),
+        (H_CONNECT_STAGE, letter.stage.encode()),
+        (H_CONNECT_CLASS, (_SINK_CLASS if letter.stage == STAGE_SINK else _DECODER_CLASS).encode()),
+        (H_CONNECT_EXCEPTION, (letter.error_class or "cdc.errors.InvalidEventError").encode()),
+        (H_CONNECT_MESSAGE, reason),
+    ]
     return headers
 
 
-def replay_group(topic: str) -> str:
-    """The consumer group that records replay progress on a dead-letter topic."""
-    return f"cdcflow.dlq-replay.{topic}"
+# What ran at each stage (`__connect.errors.class.name`): the decoder, or the read model's sink.
+_DECODER_CLASS = "streams.processor.decode"
+_SINK_CLASS = "sinks.base.Sink"
+
+
+def replay_group(settings: Settings, topic: str) -> str:
+    """The consumer group that records replay progress on a dead-letter topic (a Kafka topic name)."""
+    return settings.kafka_group(f"cdcflow.dlq-replay.{topic}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +145,7 @@ class StoredDeadLetter:
 def _parse(msg: Any, replayed_below: dict[int, int]) -> StoredDeadLetter:
     raw = msg.headers() or []
     extra = {k: (v or b"").decode(errors="replace") for k, v in raw if k in _DLQ_HEADERS}
-    original = tuple((k, v or b"") for k, v in raw if k not in _DLQ_HEADERS)
+    original = tuple((k, v or b"") for k, v in raw if not _added_here(k))
     return StoredDeadLetter(
         dlq_topic=msg.topic(),
         dlq_partition=msg.partition(),
@@ -130,7 +169,7 @@ def _read(
 ) -> tuple[list[StoredDeadLetter], dict[int, int], Consumer]:
     """The letters of `topic` (all, or after the replay group's commit), the end offsets, the consumer."""
     consumer = Consumer(kafka_config(
-        settings, **{"group.id": replay_group(topic), "enable.auto.commit": False,
+        settings, **{"group.id": replay_group(settings, topic), "enable.auto.commit": False,
                      "auto.offset.reset": "earliest", "enable.partition.eof": False}
     ))
     meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
@@ -173,8 +212,9 @@ def _read(
     return letters, ends, consumer
 
 
-def _dlq_topics(topics: Iterable[str] | None) -> list[str]:
-    return [t if t.endswith(".dlq") else dlq_topic(t) for t in (topics or TOPICS)]
+def dlq_topics(settings: Settings, topics: Iterable[str] | None = None) -> list[str]:
+    """The Kafka dead-letter topics of logical `topics` (default: all; a name ending in `.dlq` is taken as is)."""
+    return [t if t.endswith(".dlq") else dlq_topic(settings.kafka_topic(t)) for t in (topics or TOPICS)]
 
 
 def list_dead_letters(
@@ -182,7 +222,7 @@ def list_dead_letters(
 ) -> list[StoredDeadLetter]:
     """Every dead letter of the given source topics (default: all), `replayed` when already re-driven."""
     out: list[StoredDeadLetter] = []
-    for topic in _dlq_topics(topics):
+    for topic in dlq_topics(settings, topics):
         letters, _, consumer = _read(settings, topic, from_committed=False, timeout=timeout)
         consumer.close()
         out.extend(letters)
@@ -207,7 +247,7 @@ def replay_dead_letters(
 ) -> ReplayReport:
     """Re-drive the not-yet-replayed dead letters of `topics` (default: all) to their source topics."""
     report = ReplayReport()
-    for topic in _dlq_topics(topics):
+    for topic in dlq_topics(settings, topics):
         letters, ends, consumer = _read(settings, topic, from_committed=True, timeout=timeout)
         try:
             count, dupes = _redrive(settings, topic, letters, timeout)

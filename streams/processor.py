@@ -39,7 +39,7 @@ from cdc.logs import get_logger
 from cdc.retry import Backoff
 from cdc.schemas import parse_payload
 from sinks.base import Hold, PermanentSinkError, Sink, SinkRefusedError, TransientSinkError
-from streams.metrics import EVENTS, SINK_RETRIES, SINK_WAITING
+from streams.metrics import EVENTS, SINK_RETRIES, SINK_WAITING, SINK_WRITE_SECONDS
 
 log = get_logger(__name__)
 
@@ -62,6 +62,12 @@ class RawRecord:
     timestamp: float | None = None
 
 
+#: Where a dead letter failed, in Kafka Connect's terms (its `__connect.errors.stage` header): decoding and
+#: validating the record, or writing it to the sink.
+STAGE_DECODE = "VALUE_CONVERTER"
+STAGE_SINK = "TASK_PUT"
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """A record that cannot be applied, and why."""
@@ -70,6 +76,15 @@ class DeadLetter:
     reason: str
     read_model: str
     event_id: str | None = None
+    stage: str = STAGE_DECODE
+    #: The error's class (module-qualified), for tools that read Kafka Connect's dead-letter headers.
+    error_class: str | None = None
+
+
+def error_class_of(exc: BaseException) -> str:
+    """`module.QualifiedName` of an exception's class."""
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 class DeadLetterPublisher(Protocol):
@@ -235,9 +250,16 @@ class BatchProcessor:
     async def _write_retrying(self, events: Sequence[Event], result: BatchResult) -> None:
         retries_before = self.status.attempts
         try:
-            await self._retrying("write", lambda: self.sink.write(events), events[0].event_id)
+            await self._retrying("write", lambda: self._timed_write(events), events[0].event_id)
         finally:
             result.retries += self.status.attempts - retries_before
+
+    def _timed_write(self, events: Sequence[Event]) -> None:
+        started = time.perf_counter()
+        try:
+            self.sink.write(events)
+        finally:
+            SINK_WRITE_SECONDS.labels(self.sink.name).observe(time.perf_counter() - started)
 
     async def _hold_retrying(self, hold: Hold) -> None:
         """Record a hold before anything later is written; a hold the store cannot take is logged and skipped
@@ -275,8 +297,10 @@ class BatchProcessor:
                 continue
             except RejectedRecord as exc:
                 event, reason = exc.event, str(exc)
+                error_class = error_class_of(exc.__cause__ or exc)
             result.dead.append(DeadLetter(
-                record, reason, self.sink.name, event.event_id if event else _header_event_id(record)
+                record, reason, self.sink.name, event.event_id if event else _header_event_id(record),
+                error_class=error_class,
             ))
             hold = _hold_of_record(record, reason) if event is None else _hold_of_event(event, reason)
             if hold is not None:
@@ -321,7 +345,8 @@ class BatchProcessor:
                 result.written += 1
             except PermanentSinkError as exc:
                 reason = _short(str(exc))
-                result.dead.append(DeadLetter(record, reason, self.sink.name, event.event_id))
+                result.dead.append(DeadLetter(record, reason, self.sink.name, event.event_id, stage=STAGE_SINK,
+                                              error_class=error_class_of(exc)))
                 hold = _hold_of_event(event, reason)
                 if hold is not None:
                     await self._hold_retrying(hold)

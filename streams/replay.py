@@ -301,13 +301,14 @@ def replay(
 ) -> ReplayReport:
     """Replay read model `name` from `start` (None: earliest) into its live namespace, or rebuild it.
 
-    `topic`/`namespace` redirect it (tests, staging), like `cdcflow worker --topic/--namespace`.
+    `topic` (a Kafka topic, taken as is; default: the deployment's, with `kafka_topic_prefix`) and `namespace`
+    redirect it (tests, staging), like `cdcflow worker --topic/--namespace`.
     Raises KeyError (unknown read model), ReplayError (unknown topic, broker error).
     """
     rm = read_model(name)
-    topic = topic or rm.topic
+    topic = topic or settings.kafka_topic(rm.topic)
     live_ns = namespace or settings.sink_namespace
-    group_id = f"cdcflow.replay.{name}.{uuid.uuid4().hex[:12]}"
+    group_id = settings.kafka_group(f"cdcflow.replay.{name}.{uuid.uuid4().hex[:12]}")
     report = ReplayReport(name, topic, live_ns, group_id, start, rebuild)
     bar: Progress = progress or NoProgress()
     reader = TopicReader(settings, topic, group_id)

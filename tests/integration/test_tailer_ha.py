@@ -59,7 +59,7 @@ def test_standby_takes_over_after_kill9(settings: Settings, mongo: Server, kafka
         assert terminate(standby) == 0
         reader.poll(0.5)
         assert_per_aggregate_order(reader.records)
-        assert "lease acquired" in (tmp_path / "tail0.log").read_text() + (tmp_path / "tail1.log").read_text()
+        assert "lease_acquired" in (tmp_path / "tail0.log").read_text() + (tmp_path / "tail1.log").read_text()
     finally:
         for p in procs:
             if p.poll() is None:

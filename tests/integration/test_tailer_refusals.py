@@ -115,7 +115,7 @@ def test_a_record_larger_than_its_topic_takes_is_dead_lettered_and_redriven_afte
         assert tailer.stop(30)
         status = outbox_status(client, settings, "test", db, utcnow())
         assert status.dead_letters == 1 and status.backlog == 0
-        _, warnings = verdict([status], [], [], Thresholds.from_settings(settings))
+        _, warnings, _ = verdict([status], [], [], Thresholds.from_settings(settings))
         assert any("1 outbox documents dead-lettered by the tailer" in w for w in warnings), warnings
 
         # `cdcflow dlq list` shows it; before the fix a re-drive fails again, with its reason, and exits 1.

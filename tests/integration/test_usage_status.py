@@ -19,7 +19,7 @@ from cdc.outbox import outbox_document
 from cdc.settings import Settings
 from cli.main import app
 from cli.status import LagStatus, LagTarget, gather_status, lag_status
-from tests.helpers import unique, wait_for
+from tests.helpers import free_port, unique, wait_for
 from tests.streams_support import produce_raw
 
 pytestmark = pytest.mark.integration
@@ -160,23 +160,49 @@ def test_dead_letter_counts(settings: Settings, kafka: object) -> None:
     assert status.ok  # dead letters are reported, they do not fail the probe
 
 
-def test_cli_exit_code_and_json(settings: Settings, mongo_db: tuple[MongoClient[Document], str, str],
-                                kafka: object) -> None:
+def test_cli_exit_codes_as_probes_expect_and_json(settings: Settings, mongo_db: tuple[MongoClient[Document], str, str],
+                                                  kafka: object) -> None:
+    """0 ok, 1 warning, 2 critical, 3 unknown; a topic prefix of its own keeps other tests' dead letters and
+    consumer groups out of this deployment's status."""
     client, prefix, state = mongo_db
     client[f"{prefix}order_service"]["outbox"].insert_many(
         [outbox_document(e) for e in _events(2, timedelta(seconds=1))]
     )
+    now = utcnow()
+    for service in ("product", "order", "clickstream"):  # a live tailer on every outbox, checkpoints fresh
+        key = f"{prefix}{service}_service.outbox"
+        client[state]["leases"].insert_one({"_id": key, "owner": "h:1", "expires_at": now + timedelta(hours=1),
+                                            "fence": 1})
+        client[state]["checkpoints"].insert_one({"_id": key, "token": {"_data": "x"}, "fence": 1,
+                                                 "updated_at": now + timedelta(hours=1)})
+    kafka_prefix = unique("stp") + "."
     env = {"CDCFLOW_SERVICE_DB_PREFIX": prefix, "CDCFLOW_TAILER_STATE_DATABASE": state,
-           "CDCFLOW_STATUS_MAX_LAG": str(10**12), "CDCFLOW_STATUS_MAX_BACKLOG_AGE_SECONDS": "3600"}
+           "CDCFLOW_KAFKA_TOPIC_PREFIX": kafka_prefix, "CDCFLOW_STATUS_MAX_LAG": str(10**12),
+           "CDCFLOW_STATUS_MAX_BACKLOG_AGE_SECONDS": "3600", "CDCFLOW_STATUS_MAX_BACKLOG": "10"}
     runner = CliRunner()
-    failing = runner.invoke(app, ["status", "--json"], env={**env, "CDCFLOW_STATUS_MAX_BACKLOG": "1"})
-    assert failing.exit_code == 1, failing.output
-    report = json.loads(failing.stdout)
-    assert not report["ok"]
+    ok = runner.invoke(app, ["status"], env=env)
+    assert ok.exit_code == 0, ok.output
+    assert "outboxes and tailer" in ok.stdout and "status: OK (exit code 0)" in ok.stdout
+
+    critical = runner.invoke(app, ["status", "--json"], env={**env, "CDCFLOW_STATUS_MAX_BACKLOG": "1"})
+    assert critical.exit_code == 2, critical.output
+    report = json.loads(critical.stdout)
+    assert not report["ok"] and report["level"] == "critical" and report["exit_code"] == 2
     assert {o["service"]: o["backlog"] for o in report["outboxes"]}["order"] == 2
     assert {rm["read_model"] for rm in report["read_models"]} >= {"order_view", "purchase_graph", "clickstream"}
-    assert {d["topic"] for d in report["dead_letters"]} == {"inventory.dlq", "orders.dlq", "clickstream.dlq"}
+    assert {rm["group"] for rm in report["read_models"]} >= {f"{kafka_prefix}cdcflow.order_view"}
+    assert {d["topic"] for d in report["dead_letters"]} == {f"{kafka_prefix}{t}.dlq"
+                                                           for t in ("inventory", "orders", "clickstream")}
 
-    passing = runner.invoke(app, ["status"], env={**env, "CDCFLOW_STATUS_MAX_BACKLOG": "10"})
-    assert passing.exit_code == 0, passing.output
-    assert "outboxes and tailer" in passing.stdout and "status: OK" in passing.stdout
+    client[state]["leases"].delete_one({"_id": f"{prefix}product_service.outbox"})
+    warning = runner.invoke(app, ["status"], env=env)
+    assert warning.exit_code == 1, warning.output
+    assert "no live tailer lease" in warning.stdout and "status: WARNING (exit code 1)" in warning.stdout
+
+    # MongoDB cannot be reached: nothing known is critical, so the probe says "unknown".
+    dead = f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"
+    unknown = runner.invoke(app, ["status", "--json"], env={**env, "MONGO_URI": dead,
+                                                            "CDCFLOW_STATUS_TIMEOUT_SECONDS": "1"})
+    assert unknown.exit_code == 3, unknown.output
+    data = json.loads(unknown.stdout)
+    assert data["level"] == "unknown" and any("cannot read it" in u for u in data["unknown"]), data

@@ -9,11 +9,16 @@ import pytest
 from rich.console import Console
 
 from cli.status import (
+    CRITICAL,
+    OK,
+    UNKNOWN,
+    WARNING,
     DeadLetterStatus,
     LagStatus,
     OutboxStatus,
     Status,
     Thresholds,
+    exit_code,
     format_age,
     lag_of,
     render_lines,
@@ -36,7 +41,7 @@ def lag(n: int | None, error: str | None = None) -> LagStatus:
 
 
 def test_all_healthy_is_ok_with_no_warnings() -> None:
-    assert verdict([healthy_outbox()], [lag(0)], [DeadLetterStatus("orders.dlq")], T) == ([], [])
+    assert verdict([healthy_outbox()], [lag(0)], [DeadLetterStatus("orders.dlq")], T) == ([], [], [])
 
 
 @pytest.mark.parametrize(
@@ -45,27 +50,48 @@ def test_all_healthy_is_ok_with_no_warnings() -> None:
         (healthy_outbox(backlog=11), [lag(0)], "11 events not yet on Kafka (max 10)"),
         (healthy_outbox(backlog=1, oldest_age_seconds=61.0), [lag(0)], "oldest event not yet on Kafka is 1m01s old"),
         (healthy_outbox(), [lag(101)], "lag 101 on orders (max 100)"),
-        (healthy_outbox(error="connection refused"), [lag(0)], "cannot read it: connection refused"),
-        (healthy_outbox(), [lag(None, error="timed out")], "cannot read lag of cdcflow.order_view: timed out"),
     ],
 )
-def test_over_a_threshold_or_unreadable_is_a_problem(outbox: OutboxStatus, lags: list[LagStatus],
-                                                     expected: str) -> None:
-    problems, _ = verdict([outbox], lags, [], T)
+def test_over_a_threshold_is_critical(outbox: OutboxStatus, lags: list[LagStatus], expected: str) -> None:
+    problems, warnings, unknown = verdict([outbox], lags, [], T)
     assert len(problems) == 1 and expected in problems[0], problems
+    assert exit_code(problems, warnings, unknown) == CRITICAL == 2
+
+
+@pytest.mark.parametrize(
+    ("outbox", "lags", "letters", "expected"),
+    [
+        (healthy_outbox(error="connection refused"), [lag(0)], [], "cannot read it: connection refused"),
+        (healthy_outbox(), [lag(None, error="timed out")], [], "cannot read lag of cdcflow.order_view: timed out"),
+        (healthy_outbox(), [], [DeadLetterStatus("orders.dlq", error="no broker")], "orders.dlq: cannot read it"),
+    ],
+)
+def test_unreadable_is_unknown(outbox: OutboxStatus, lags: list[LagStatus], letters: list[DeadLetterStatus],
+                               expected: str) -> None:
+    problems, warnings, unknown = verdict([outbox], lags, letters, T)
+    assert problems == [] and len(unknown) == 1 and expected in unknown[0], unknown
+    assert exit_code(problems, warnings, unknown) == UNKNOWN == 3
+
+
+def test_exit_code_is_the_worst_kind_critical_over_unknown_over_warning() -> None:
+    assert exit_code([], [], []) == OK == 0
+    assert exit_code([], ["w"], []) == WARNING == 1
+    assert exit_code([], ["w"], ["u"]) == UNKNOWN
+    assert exit_code(["p"], ["w"], ["u"]) == CRITICAL
 
 
 def test_exactly_at_the_threshold_is_still_ok() -> None:
-    problems, _ = verdict([healthy_outbox(backlog=10, oldest_age_seconds=60.0)], [lag(100)], [], T)
+    problems, _, _ = verdict([healthy_outbox(backlog=10, oldest_age_seconds=60.0)], [lag(100)], [], T)
     assert problems == []
 
 
 def test_tailer_and_dead_letters_are_warnings_not_problems() -> None:
-    problems, warnings = verdict(
+    problems, warnings, unknown = verdict(
         [healthy_outbox(lease_live=False), healthy_outbox(database="b", checkpoint_age_seconds=31.0)],
         [], [DeadLetterStatus("orders.dlq", total=5, unreplayed=3)], T,
     )
-    assert problems == []
+    assert problems == [] and unknown == []
+    assert exit_code(problems, warnings, unknown) == WARNING
     assert warnings == [
         "outbox order_service: no live tailer lease (is `cdcflow tail` running?)",
         "outbox b: checkpoint is 31s old",
@@ -86,33 +112,34 @@ def test_format_age(seconds: float, text: str) -> None:
     assert format_age(seconds) == text
 
 
-def _status(problems: list[str]) -> Status:
+def _status(problems: list[str], warnings: tuple[str, ...] = ("w",)) -> Status:
     return Status(
         outboxes=[healthy_outbox(backlog=3, oldest_age_seconds=5.0), healthy_outbox(service="x", error="down")],
         read_models=[LagStatus("order_view", "g", "orders", lag=7, partitions={0: 3, 1: 4}, committed=True)],
         dead_letters=[DeadLetterStatus("orders.dlq", total=2, unreplayed=1)],
-        thresholds=T, problems=problems, warnings=["w"], gathered_at=datetime(2026, 1, 1, tzinfo=UTC),
+        thresholds=T, problems=problems, warnings=list(warnings), gathered_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
 
 
 def test_json_is_plain_and_carries_the_verdict() -> None:
     data = json.loads(json.dumps(_status(["p"]).to_json()))
     assert data["ok"] is False and data["problems"] == ["p"]
+    assert data["level"] == "critical" and data["exit_code"] == 2 and data["unknown"] == []
     assert data["read_models"][0]["partitions"] == {"0": 3, "1": 4}
     assert data["outboxes"][0]["backlog"] == 3
     assert data["gathered_at"] == "2026-01-01T00:00:00+00:00"
 
 
 def test_renderings_show_every_part() -> None:
-    text = "\n".join(render_lines(_status([])))
+    text = "\n".join(render_lines(_status([], warnings=())))
     assert "outbox order_service: backlog 3 oldest 5s leader h:1 checkpoint 2s" in text
     assert "outbox order_service: ERROR down" in text
     assert "lag 7" in text and "orders.dlq: 2 dead letters, 1 not replayed" in text
-    assert text.endswith("status: OK")
+    assert text.endswith("status: OK (exit code 0)")
 
     console = Console(record=True, width=200)
     for item in status_tables(_status(["too much lag"]).to_json()):
         console.print(item)
     out = console.export_text()
     assert "outboxes and tailer" in out and "read models" in out and "dead letters" in out
-    assert "PROBLEM too much lag" in out and "status: FAILING" in out
+    assert "PROBLEM too much lag" in out and "status: CRITICAL (exit code 2)" in out

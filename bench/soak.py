@@ -200,6 +200,14 @@ class Soak:
         finally:
             server.ensure_running()
 
+    def _inject(self, fault: Fault, act: Callable[[Fault], None], started: float) -> None:
+        self._pause(max(0.0, started + fault.at - time.monotonic()))
+        try:
+            act(fault)
+            fault.done_at = time.monotonic() - started
+        except Exception as exc:  # reported (done_at stays None), the run goes on to its check
+            fault.detail = f"failed: {exc!r}"[:300]
+
     def _pause(self, seconds: float) -> None:
         self._stop.wait(seconds)
 
@@ -226,11 +234,16 @@ class Soak:
                                       name="soak-load")
             started = time.monotonic()
             loader.start()
+            # Each fault in a thread of its own, at its moment: a slow server restart does not push the next
+            # fault past the load.
+            injectors = []
             for fault, act in self.schedule(duration, down_seconds):
-                self._pause(max(0.0, started + fault.at - time.monotonic()))
-                act(fault)
-                fault.done_at = time.monotonic() - started
                 self.report.faults.append(fault)
+                injectors.append(threading.Thread(target=self._inject, args=(fault, act, started),
+                                                  name=f"soak-{fault.name}"))
+                injectors[-1].start()
+            for injector in injectors:
+                injector.join()
             loader.join()
             generator.close()
             if "r" in result:

@@ -109,6 +109,12 @@ def replay_command(
         str | None, typer.Option(help="Sink namespace: schema/keyspace/label prefix (default: the live one).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (no progress bar).")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what it would read and replace, and stop (writes nothing).")
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before a --rebuild replaces the live model (scripts).")
+    ] = False,
 ) -> None:
     """Re-read a read model's topic with a consumer of its own and write it through the same sink.
 
@@ -117,8 +123,10 @@ def replay_command(
     It stops at the end offsets seen at start; --rebuild also catches up on what arrived meanwhile.
 
     Records the sink refuses go to <topic>.dlq, exactly as with the live worker.
+
+    --rebuild shows what it will swap and asks first (--yes: do not ask; without a terminal it needs --yes).
     """
-    from streams.replay import parse_start, replay
+    from streams.replay import parse_start, plan_replay, replay
 
     settings = _settings(ctx)
     if read_model not in READ_MODELS:
@@ -134,6 +142,17 @@ def replay_command(
             check_namespace(namespace)
         except ValueError as exc:
             raise _usage_error(str(exc)) from None
+    if dry_run or (rebuild and not yes):
+        plan = plan_replay(settings, read_model, start, rebuild=rebuild, topic=topic, namespace=namespace)
+        if dry_run:
+            typer.echo(json.dumps({"dry_run": True, **plan.to_json()}) if as_json else plan.describe())
+            return
+        typer.echo(plan.describe(), err=True)
+        if not sys.stdin.isatty():
+            raise _usage_error("--rebuild replaces the live model: confirm with --yes (or look first: --dry-run)")
+        if not typer.confirm("Rebuild and swap it in?", err=True):
+            typer.echo("nothing done", err=True)
+            raise typer.Exit(1)
     console = Console(stderr=True)
     if as_json or not sys.stderr.isatty():
         report = replay(settings, read_model, start, rebuild=rebuild, topic=topic, namespace=namespace)

@@ -34,7 +34,7 @@ from cdc.retry import Backoff
 from cdc.schemas import dlq_topic
 from cdc.settings import Settings
 from sinks.base import Sink, TransientSinkError
-from sinks.namespaces import shadow_namespace, swap_in
+from sinks.namespaces import active_namespace, shadow_namespace, swap_in
 from sinks.registry import read_model
 from streams.dlq import dead_letter_headers
 from streams.processor import BatchProcessor, DeadLetter, RawRecord
@@ -287,6 +287,57 @@ def _event_id(record: RawRecord) -> str | None:
         if name == "event_id":
             return value.decode(errors="replace")
     return None
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What a replay would do, read before it does it (`--dry-run`, the `--rebuild` confirmation)."""
+
+    read_model: str
+    topic: str
+    namespace: str
+    physical: str
+    rebuild: bool
+    start: datetime | None
+    partitions: int
+    events: int
+
+    def describe(self) -> str:
+        """One paragraph for a person."""
+        start = EARLIEST if self.start is None else self.start.isoformat()
+        source = (f"{self.events} record(s) of {self.topic} ({self.partitions} partition(s), from {start})")
+        where = self.namespace if self.physical == self.namespace else f"{self.namespace} (now {self.physical})"
+        if not self.rebuild:
+            return f"{self.read_model}: would write {source} into the live model {where}, idempotently."
+        return (f"{self.read_model}: would build a new model from {source} in a fresh shadow namespace, then "
+                f"swap it in for the live model {where}: the live model's current content is replaced and "
+                f"dropped; what arrives meanwhile is applied to the new one.")
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as a JSON object."""
+        return {"read_model": self.read_model, "topic": self.topic, "namespace": self.namespace,
+                "physical": self.physical, "rebuild": self.rebuild,
+                "start": None if self.start is None else self.start.isoformat(),
+                "partitions": self.partitions, "events": self.events}
+
+
+def plan_replay(
+    settings: Settings, name: str, start: datetime | None = None, *, rebuild: bool = False,
+    topic: str | None = None, namespace: str | None = None,
+) -> ReplayPlan:
+    """What `replay` with the same arguments would read and replace; reads offsets only, writes nothing."""
+    rm = read_model(name)
+    topic = topic or settings.kafka_topic(rm.topic)
+    live_ns = namespace or settings.sink_namespace
+    reader = TopicReader(settings, topic, settings.kafka_group(f"cdcflow.replay.plan.{uuid.uuid4().hex[:12]}"))
+    try:
+        partitions = reader.partitions()
+        starts = reader.start_offsets(partitions, start)
+        ends = reader.high_watermarks(partitions)
+    finally:
+        reader.close()
+    return ReplayPlan(name, topic, live_ns, active_namespace(settings, name, live_ns), rebuild, start,
+                      len(partitions), sum(max(0, ends[p] - starts[p]) for p in partitions))
 
 
 def replay(

@@ -169,6 +169,53 @@ def test_replay_refuses_bad_input_with_exit_code_2_and_no_traceback(settings: Se
 # -- --rebuild ----------------------------------------------------------------------------------------------
 
 
+def test_rebuild_shows_its_plan_asks_first_and_dry_run_writes_nothing(
+    settings: Settings, kafka: object, postgres: object
+) -> None:
+    ns = unique("rbc")
+    topic = f"{ns}_orders"
+    ensure_topics(settings, [topic], partitions=PARTITIONS)
+    events = orders(topic, "c", 6)
+    produce(settings, topic, events)
+    sink = build_sink("order_view", settings, ns)
+    try:
+        replay(settings, "order_view", None, topic=topic, namespace=ns)
+        before = order_rows(sink)
+        target = ["--topic", topic, "--namespace", ns]
+        _tamper_postgres(settings, ns)
+        tampered = order_rows(sink)
+        assert tampered != before
+
+        base = ["replay", "--read-model", "order_view", "--from", "earliest", *target]
+        dry = cli(*base, "--rebuild", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert f"{len(events)} record(s) of {topic}" in dry.stdout and f"live model {ns}" in dry.stdout
+        assert "swap it in" in dry.stdout
+        planned = json.loads(cli(*base, "--rebuild", "--dry-run", "--json").stdout)
+        assert planned == {"dry_run": True, "read_model": "order_view", "topic": topic, "namespace": ns,
+                           "physical": ns, "rebuild": True, "start": None, "partitions": PARTITIONS,
+                           "events": len(events)}
+        # no terminal to ask on, no --yes: refused, nothing done
+        asked = cli(*base, "--rebuild")
+        assert asked.returncode == 2 and "confirm with --yes" in asked.stderr, asked.stderr
+        assert "swap it in" in asked.stderr and "Traceback" not in asked.stderr
+        assert order_rows(sink) == tampered
+        with postgres_connect(settings) as conn:
+            shadows = conn.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE %s",
+                                   (f"{ns}_r%",)).fetchone()
+        assert shadows == (0,)  # the dry run and the refusal built no shadow
+
+        done = cli(*base, "--rebuild", "--yes", "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["rebuild"] is True
+        assert order_rows(sink) == before  # rebuilt from the topic: the tampered row is gone
+    finally:
+        sink.drop()
+        sink.close()
+
+
+
+
 def _tamper_postgres(settings: Settings, ns: str) -> None:
     with postgres_connect(settings) as conn:
         conn.execute(f'UPDATE "{ns}".order_view SET status = %s, version = 999 '  # type: ignore[arg-type]

@@ -43,6 +43,11 @@ REFUSALS = frozenset({
 })
 
 
+# Refusals for size: the broker refuses a whole batch when one record in it is too large (or when the topic's
+# limit shrank since we read it), so the other records of that batch get them too.
+SIZE_REFUSALS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
 class DeliveryError(CdcError):
     """The producer failed in a way that is not the record's fault; the session restarts from the checkpoint."""
 
@@ -126,6 +131,14 @@ class Publisher:
         self._limits[topic] = limit
         return limit
 
+    def _too_large_alone(self, topic: str, size: int) -> bool:
+        """True when a record of `size` bytes is larger than `topic` accepts now (read afresh from the broker)."""
+        try:
+            return size > min(topic_max_message_bytes(self.settings, topic, timeout=5.0), self.max_record_bytes)
+        except Exception as exc:  # cannot tell: resend (a record really too large is refused before sending next time)
+            self._log.warning("topic limit unreadable", topic=topic, error=repr(exc))
+            return False
+
     def send(
         self,
         entry: Sent,
@@ -159,6 +172,12 @@ class Publisher:
                 inflight.ack(entry, time.time())
                 if on_ack is not None:
                     on_ack(entry)
+            elif err.code() in SIZE_REFUSALS and not self._too_large_alone(topic, size):
+                # Not this record's fault: start over from the checkpoint. The new session reads the topic's
+                # limit afresh and refuses the oversized record before sending it, so this one then goes.
+                log.warning("batch refused for size", event_id=entry.event_id, topic=topic, size=size,
+                            error=err.str())
+                inflight.fail(f"a batch refused for size ({err.str()}); resending")
             elif err.code() in REFUSALS:
                 inflight.refuse(entry, f"Kafka refused it: {err.str()}", time.time())
             else:

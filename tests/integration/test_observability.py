@@ -29,7 +29,9 @@ from cli.status import LagTarget, default_lag_targets, lag_status
 from cli.trace import trace_event
 from producers import order
 from sinks.base import TransientSinkError
+from sinks.order_view import OrderViewSink
 from streams.dlq import list_dead_letters, replay_dead_letters
+from streams.replay import replay
 from tests.helpers import free_port, unique, wait_for
 from tests.observability_support import (
     REPO,
@@ -136,6 +138,18 @@ def test_two_deployments_share_one_broker_by_their_prefixes(
 
         wait_for(caught_up, timeout=60, what=f"no lag in {d.prefix}")
         assert lag_status(d.settings, target, 10).committed
+
+    # A replay reads the deployment's topic, under a group of its own prefix.
+    ns = unique("rpl")
+    replayed = replay(a.settings, "order_view", None, namespace=ns)
+    copy = OrderViewSink(a.settings, ns)
+    try:
+        assert replayed.topic == a.orders_topic and replayed.group_id.startswith(f"{a.prefix}.cdcflow.replay.")
+        assert all(copy.get(e.aggregate_id) == a.sink.get(e.aggregate_id) is not None for e in ea)
+        assert all(copy.get(e.aggregate_id) is None for e in eb)
+    finally:
+        copy.drop()
+        copy.close()
 
     # A dead letter of A lands on A's `.dlq` topic only; A's re-drive re-sends it to A's topic only.
     bad = _nul_order()

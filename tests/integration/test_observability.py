@@ -219,6 +219,10 @@ def test_worker_exports_its_metrics_and_health(
              what="lag measured")
     wait_for(lambda: all(v == 0 for (n, _), v in scrape(a.metrics_port).items() if n == "cdcflow_worker_lag"),
              timeout=30, what="lag 0")
+    # Set after each batch to its age, back to 0 by the measurement that finds nothing left.
+    assert sample(now, "cdcflow_worker_lag_seconds", read_model="order_view") is not None
+    wait_for(lambda: sample(scrape(a.metrics_port), "cdcflow_worker_lag_seconds", read_model="order_view") == 0,
+             timeout=30, what="lag seconds 0")
     assert healthz(a.metrics_port) == (200, {"status": "ok"})
 
 

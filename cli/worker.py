@@ -34,7 +34,8 @@ def worker(
         str | None, typer.Option(help="Source Kafka topic, taken as is (default: <topic prefix><the read model's>).")
     ] = None,
     group_id: Annotated[
-        str | None, typer.Option(help="Consumer group, taken as is (default: <group prefix>cdcflow.<read model>).")
+        str | None,
+        typer.Option(help="Consumer group, taken as is (default: <CDCFLOW_KAFKA_GROUP_PREFIX>cdcflow.<read model>).")
     ] = None,
     namespace: Annotated[
         str | None, typer.Option(help="Sink namespace: schema/keyspace/label prefix (default: the live one).")
@@ -46,8 +47,8 @@ def worker(
     ] = None,
     group_prefix: Annotated[
         str | None,
-        typer.Option(help="Prefix of the consumer groups: <prefix>cdcflow.<read model> (default "
-                          "CDCFLOW_KAFKA_GROUP_PREFIX, else the topic prefix).", show_default=False),
+        typer.Option(help="Prefix of the consumer groups: <prefix><read model> (default: "
+                          "<CDCFLOW_KAFKA_GROUP_PREFIX, else the topic prefix>cdcflow.).", show_default=False),
     ] = None,
     metrics_port: Annotated[
         int | None,
@@ -68,8 +69,6 @@ def worker(
             raise typer.BadParameter("prefixes are letters, digits, '.', '_' and '-' (at most 100)")
     if topic_prefix is not None:
         settings = settings.model_copy(update={"kafka_topic_prefix": topic_prefix})
-    if group_prefix is not None:
-        settings = settings.model_copy(update={"kafka_group_prefix": group_prefix})
     if metrics_port is not None:
         settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
     if web_port is not None:
@@ -77,11 +76,13 @@ def worker(
     if read_model is None:
         if topic or group_id:
             raise typer.BadParameter("--topic/--group-id need --read-model")
-        raise typer.Exit(_supervise(settings, list(READ_MODELS), namespace))
+        raise typer.Exit(_supervise(settings, list(READ_MODELS), namespace, group_prefix))
     if read_model not in READ_MODELS:
         raise typer.BadParameter(f"unknown read model {read_model!r}; known: {', '.join(READ_MODELS)}")
     from streams.app import WorkerSpec, run_worker
 
+    if group_id is None and group_prefix is not None:
+        group_id = group_prefix + read_model  # as before the settings had prefixes: `--group-prefix X` is X<name>
     spec = WorkerSpec.of(settings, read_model, topic=topic, group_id=group_id, namespace=namespace)
     run_worker(settings, spec)
 
@@ -89,12 +90,14 @@ def worker(
 _PREFIX = re.compile(r"[A-Za-z0-9._-]{0,100}")
 
 
-def _supervise(settings: Settings, names: list[str], namespace: str | None) -> int:
+def _supervise(settings: Settings, names: list[str], namespace: str | None, group_prefix: str | None) -> int:
     """One child process per read model (Faust: one consumer group per app), restarted when it dies."""
     children: list[tuple[str, list[str]]] = []
     for i, name in enumerate(names):
         argv = [sys.executable, "-m", "cli", "worker", "--read-model", name,
-                "--topic-prefix", settings.kafka_topic_prefix, "--group-prefix", settings.kafka_group("")]
+                "--topic-prefix", settings.kafka_topic_prefix]
+        if group_prefix is not None:
+            argv += ["--group-prefix", group_prefix]
         if namespace:
             argv += ["--namespace", namespace]
         if settings.worker_metrics_port:

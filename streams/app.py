@@ -18,9 +18,9 @@ and `execute_from_commandline` re-raises the crash. `run_worker` turns that into
 uncommitted records are consumed again.
 
 Observability: with `worker_metrics_port`, the worker serves Prometheus metrics (streams/metrics.py) and
-`/healthz`, which fails while the agent has crashed or the sink has been waited on for longer than
-`worker_health_max_sink_wait_seconds`. With tracing on (cdc/tracing.py), each record that carries a
-`traceparent` is applied under a CONSUMER span that continues the trace of the request that wrote it.
+`/healthz`, which fails while the sink has been waited on for longer than `worker_health_max_sink_wait_seconds`
+(an agent that crashes ends the process instead, see above). With tracing on (cdc/tracing.py), each record that
+carries a `traceparent` is applied under a CONSUMER span that continues the trace of the request that wrote it.
 """
 
 from __future__ import annotations
@@ -300,8 +300,7 @@ def run_worker(settings: Settings, spec: WorkerSpec) -> NoReturn:
     tracing.setup(settings, f"cdcflow-worker-{spec.read_model}")
     crash = CrashWatch(settings.worker_stop_timeout)
     app, processor = create_app(settings, spec, crash)
-    start_exporter(settings.worker_metrics_port, settings.worker_host,
-                   worker_health(settings, spec, app, processor, crash))
+    start_exporter(settings.worker_metrics_port, settings.worker_host, worker_health(settings, spec, processor))
     log.info("worker_starting", read_model=spec.read_model, topic=spec.topic, group_id=spec.group_id,
              namespace=spec.namespace, metrics_port=settings.worker_metrics_port or None)
     worker = faust.Worker(
@@ -318,25 +317,18 @@ def run_worker(settings: Settings, spec: WorkerSpec) -> NoReturn:
         tracing.shutdown()
 
 
-def worker_health(
-    settings: Settings, spec: WorkerSpec, app: faust.App, processor: BatchProcessor, crash: CrashWatch
-) -> Callable[[], list[str]]:
-    """What the worker's `/healthz` answers: failing while its agent has crashed (the process is about to
-    exit) or its sink has been waited on for longer than `worker_health_max_sink_wait_seconds`."""
+def worker_health(settings: Settings, spec: WorkerSpec, processor: BatchProcessor) -> Callable[[], list[str]]:
+    """What the worker's `/healthz` answers: failing while its sink has been waited on (down, refusing) for
+    longer than `worker_health_max_sink_wait_seconds`."""
     limit = settings.worker_health_max_sink_wait_seconds
 
     def health() -> list[str]:
-        reasons = []
-        if crash.reason is not None:
-            reasons.append(f"agent of {spec.read_model} crashed: {crash.reason!r}")
-        elif app.crashed:
-            reasons.append(f"worker of {spec.read_model} crashed: {app.crash_reason!r}")
         status = processor.status
         if status.waiting and status.since is not None and time.time() - status.since > limit:
-            reasons.append(
+            return [
                 f"sink of {spec.read_model} waited on for {time.time() - status.since:.0f}s (over {limit:g}s): "
                 f"{status.cause}: {(status.last_error or '')[:300]}"
-            )
-        return reasons
+            ]
+        return []
 
     return health

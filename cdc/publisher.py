@@ -121,8 +121,10 @@ class Publisher:
             limit = min(topic_max_message_bytes(self.settings, topic), self.max_record_bytes)
         except KafkaException as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            # Not INVALID_REPLICATION_FACTOR: a broker that has just restarted is fenced for a moment and answers
+            # it for any topic (the soak found every event of a topic dead-lettered so); the session retries.
             if error is not None and (error.code() in REFUSALS or error.code() in (
-                KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.INVALID_PARTITIONS, KafkaError.INVALID_CONFIG,
+                KafkaError.INVALID_PARTITIONS, KafkaError.INVALID_CONFIG,
             )):
                 reason = f"topic {topic!r} cannot be used: {error.str()}"
                 self._refused_topics[topic] = reason

@@ -4,7 +4,6 @@ them and applies the good records around them. And an agent that dies anyway tak
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -50,7 +49,7 @@ PARTITIONS = 2
 def order_created(topic: str, order_id: str, customer_id: str, product_id: str, quantity: int = 1,
                   version: int = 1) -> Event:
     return Event.create(
-        topic=topic, aggregate_type="Order", aggregate_id=order_id[:400], type="OrderCreated", version=version,
+        topic=topic, aggregate_type="Order", aggregate_id=order_id, type="OrderCreated", version=version,
         payload={"order_id": order_id, "customer_id": customer_id, "total": "9.99", "currency": "EUR",
                  "items": [{"product_id": product_id, "quantity": quantity, "unit_price": "9.99"}]},
     )
@@ -67,16 +66,12 @@ def test_orders_of_every_bad_class_are_dead_lettered_and_both_order_workers_go_o
               for i, (name, value, reason) in enumerate(poison_values(topic))]
     # valid events a store refuses for their data (the isolation path): each alone on its own aggregate
     refused_by_postgres = [
-        # incompressible: Postgres compresses a long key before it checks its size
-        ("too long for an index", order_created(topic, base64.b64encode(os.urandom(2250)).decode(), "c9", "a"),
-         "SQLSTATE 54000"),
         ("version out of range", order_created(topic, "big-version", "c9", "a", version=2**40), "22003"),
         ("NUL in text", order_created(topic, "nul", "c\x009", "a"), "NUL"),
     ]
     refused_by_neo4j = [
         ("quantity out of range", order_created(topic, "big-quantity", "c9", "a", quantity=2**70),
          "out of range"),
-        ("id too long to index", order_created(topic, "long-product", "c9", "p" * 5000), "too long"),
     ]
     valid_but_refused = refused_by_postgres + refused_by_neo4j
     env = {"CDCFLOW_STREAM_MAX_RECORD_BYTES": str(POISON_MAX_BYTES)}
@@ -143,7 +138,7 @@ def test_page_views_out_of_range_or_too_long_are_dead_lettered_and_the_clickstre
         ("before year 1 in UTC", raw_view("u9", None, "0001-01-01T00:00:00+01:00"), "out of range"),
         ("after year 9999 in UTC", raw_view("u9", None, "9999-12-31T23:59:59-01:00"), "out of range"),
         ("too far ahead to keep", raw_view("u9", None, "2200-01-01T00:00:00Z"), "ttl"),
-        ("product id too long for a key", raw_view("u9", "p" * 70000, now.isoformat()), "longer than"),
+        ("product id too long for a key", raw_view("u9", "p" * 70000, now.isoformat()), "at most 200"),
     ]
     sink = ClickstreamSink(settings, ns)
     worker = WorkerProcess("clickstream", topic, f"{ns}.g", ns, tmp_path)

@@ -19,12 +19,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+	$(BIN)/cdcflow schema check --strict
 	$(BIN)/cdcflow infra up
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+	$(BIN)/cdcflow schema check --strict
 
 up: $(STAMP)
 	$(BIN)/cdcflow infra up

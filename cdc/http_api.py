@@ -82,6 +82,9 @@ class ApiError(BaseModel):
     errors: list[FieldError] | None = Field(default=None, description="Each invalid field (422 only).")
     kind: str | None = Field(default=None, description="What was not found (404 of the read API).")
     id: str | None = Field(default=None, description="The id that was not found (404 of the read API).")
+    version: int | None = Field(
+        default=None, description="The version the read model holds (409 of a read with min_version)."
+    )
 
 
 ERROR_DESCRIPTIONS: dict[int, str] = {

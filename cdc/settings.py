@@ -206,6 +206,10 @@ class Settings(BaseSettings):
     # Deadline of one read-API query in its store (the Neo4j transaction timeout, the Cassandra request
     # timeout): beyond it the API answers 504.
     read_api_query_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Read-your-writes (GET /orders/{id}?min_version=N&wait_ms=M): the longest wait a request may ask for
+    # (larger wait_ms is 422), and how many requests may wait at once (more get 503 with Retry-After).
+    read_api_max_wait_ms: int = Field(default=10_000, ge=0, le=600_000)
+    read_api_max_waiters: int = Field(default=1000, ge=1)
 
     @field_validator("write_api_key", "read_api_key")
     @classmethod

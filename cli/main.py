@@ -13,6 +13,7 @@ from cdc.logs import configure_logging
 from cdc.settings import load_settings
 from cli import dlq, replay, serve, tail, trace, usage, worker
 from cli.infra import app as infra_app
+from cli.schema import app as schema_app
 from infra.errors import InfraError
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(infra_app, name="infra")
+app.add_typer(schema_app, name="schema")
 
 for register in (tail.register, worker.register, dlq.register, replay.register, usage.register, serve.register,
                  trace.register):

@@ -1,7 +1,8 @@
 """Everyday commands: `cdcflow query ...` over the read models and `cdcflow status`.
 
 Readable tables by default, `--json` for scripts. Exit codes of the queries: 0 ok; 1 unknown id, a store that is
-down; 2 bad parameters (a date that does not parse, a bad window). `status` answers as monitoring probes expect
+down; 2 bad parameters (a date that does not parse, a bad window); 75 (`query order --min-version`) the order
+view has not reached that version (within --wait-ms). `status` answers as monitoring probes expect
 (cli/status.py): 0 ok, 1 warning, 2 critical, 3 unknown.
 """
 
@@ -19,6 +20,11 @@ from rich.table import Table
 from cdc.settings import Settings
 
 T = TypeVar("T")
+
+#: `query order --min-version`: the order view has not caught up (yet): EX_TEMPFAIL, "try again later".
+EXIT_BEHIND = 75
+#: The longest --wait-ms (the read API's cap is a setting: there a wait holds a server's resources).
+MAX_CLI_WAIT_MS = 600_000
 
 query_app = typer.Typer(help="Query the read models (tables by default, --json for scripts).", no_args_is_help=True)
 
@@ -201,14 +207,46 @@ def status_tables(data: dict[str, Any]) -> list[Any]:
 def query_order(
     ctx: typer.Context,
     order_id: Annotated[str, typer.Argument(help="Order id.")],
+    min_version: Annotated[
+        int | None,
+        typer.Option("--min-version", min=1, max=2**31 - 1, show_default=False,
+                     help="Read-your-writes: the version the order service returned; answer only a state at it or "
+                          f"later (exit {EXIT_BEHIND} when the order view is behind)."),
+    ] = None,
+    wait_ms: Annotated[
+        int,
+        typer.Option("--wait-ms", min=0, max=MAX_CLI_WAIT_MS,
+                     help="How long to wait for the order view to reach --min-version (1 when not given)."),
+    ] = 0,
     as_json: JsonOpt = False,
     namespace: NamespaceOpt = None,
 ) -> None:
-    """An order's current state from the order view (Postgres)."""
+    """An order's current state from the order view (Postgres).
+
+    With --min-version N, only a state at version N or later: at once, or after waiting up to --wait-ms for the
+    pipeline to catch up; exit 75 (temporary failure: retry) when it has not.
+    """
     from sinks import queries
 
-    data = _run(ctx, namespace, lambda m: queries.order(m, order_id))
+    if min_version is None and wait_ms == 0:
+        data = _run(ctx, namespace, lambda m: queries.order(m, order_id))
+    else:
+        data = _run(ctx, namespace, lambda m: _at_version(m, order_id, min_version or 1, wait_ms))
     _emit(data, as_json, order_tables)
+
+
+def _at_version(models: Any, order_id: str, min_version: int, wait_ms: int) -> dict[str, Any]:
+    import asyncio
+
+    from sinks import queries
+
+    async def run() -> dict[str, Any]:
+        return await queries.order_at_version(models, queries.order_watch(models), order_id, min_version, wait_ms)
+
+    try:
+        return asyncio.run(run())
+    except queries.Behind as exc:
+        _fail(str(exc), EXIT_BEHIND)
 
 
 @query_app.command("recommendations")

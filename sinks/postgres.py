@@ -353,6 +353,21 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
         result: R | None = self._run("get", do)
         return result
 
+    def versions(self, keys: Sequence[str]) -> dict[str, int]:
+        """The version of each of `keys` that has a row (one query however many keys: read-your-writes waits)."""
+
+        def do(conn: psycopg.Connection[TupleRow]) -> dict[str, int]:
+            cur = conn.execute(
+                sql.SQL("SELECT {}, version FROM {} WHERE {} = ANY(%s)").format(
+                    sql.Identifier(self.key_column), self._t(), sql.Identifier(self.key_column)
+                ),
+                (list(keys),),
+            )
+            return {str(key): int(version) for key, version in cur.fetchall()}
+
+        result: dict[str, int] = self._run("versions", do) if keys else {}
+        return result
+
     def rows(self) -> list[R]:
         """Every row, by key."""
 

@@ -16,6 +16,7 @@ without asking the store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import threading
@@ -30,6 +31,7 @@ from sinks.clickstream import ClickstreamSink
 from sinks.order_view import OrderViewSink
 from sinks.purchase_graph import PurchaseGraphSink
 from sinks.registry import build_sink
+from sinks.waits import VersionWatch
 
 log = get_logger(__name__)
 
@@ -200,6 +202,48 @@ def order(models: ReadModels, order_id: str) -> dict[str, Any]:
     row = models.order_view.get(order_id)
     if row is None:
         raise NotFound("order", order_id, f"order {order_id!r} is not in the order view")
+    return row.to_json()
+
+
+class Behind(Exception):
+    """Read-your-writes: the order view holds an older version than asked for (`version`: what it holds, None when
+    it has no row yet), now (`waited_ms` 0) or still after waiting `waited_ms`."""
+
+    def __init__(self, order_id: str, min_version: int, version: int | None, waited_ms: int) -> None:
+        holds = "has no row for it yet" if version is None else f"holds version {version}"
+        after = "" if not waited_ms else f" after waiting {waited_ms} ms"
+        super().__init__(f"order {order_id!r}: the order view {holds}, not yet version {min_version}{after}")
+        self.order_id = order_id
+        self.min_version = min_version
+        self.version = version
+        self.waited_ms = waited_ms
+
+
+def order_watch(models: ReadModels, max_waiters: int = 1000) -> VersionWatch:
+    """The one `VersionWatch` over the order view of `models` (create it once per process, in its event loop)."""
+    return VersionWatch(lambda keys: models.order_view.versions(keys), max_waiters=max_waiters)
+
+
+async def order_at_version(
+    models: ReadModels, watch: VersionWatch, order_id: str, min_version: int, wait_ms: int
+) -> dict[str, Any]:
+    """The order view row of `order_id` once its version is at least `min_version` (read-your-writes).
+
+    wait_ms 0: the row now, else `Behind` (or NotFound when there is no row). wait_ms > 0: waits up to that long
+    (one batched poll for every waiting request, see sinks/waits.py), then `Behind` when it did not catch up."""
+    row = await asyncio.to_thread(models.order_view.get, order_id)
+    if row is not None and row.version >= min_version:
+        return row.to_json()
+    if wait_ms <= 0:
+        if row is None:
+            raise NotFound("order", order_id, f"order {order_id!r} is not in the order view")
+        raise Behind(order_id, min_version, row.version, 0)
+    outcome = await watch.wait(order_id, min_version, wait_ms / 1000)
+    if not outcome.reached:
+        raise Behind(order_id, min_version, outcome.version, wait_ms)
+    row = await asyncio.to_thread(models.order_view.get, order_id)
+    if row is None or row.version < min_version:  # a rebuild swapped an older model in meanwhile
+        raise Behind(order_id, min_version, None if row is None else row.version, wait_ms)
     return row.to_json()
 
 

@@ -102,6 +102,9 @@ def test_schemathesis_finds_nothing(
         "CDCFLOW_SINK_NAMESPACE": seeded.namespace,
         "CDCFLOW_WRITE_API_KEY": WRITE_KEY,
         "CDCFLOW_READ_API_KEY": READ_KEY,
+        # Read-your-writes waits (GET /orders/{id}?wait_ms=) kept short: a fuzzed wait for a version nobody writes
+        # lasts its whole wait_ms, and the fuzz sends many.
+        "CDCFLOW_READ_API_MAX_WAIT_MS": "300",
     }
     started = time.monotonic()
     try:

@@ -147,10 +147,14 @@ def create_app(
 ) -> tuple[faust.App, BatchProcessor]:
     """The Faust app of one read model (its consumer group), with its agent and processor."""
     crash = crash or CrashWatch(settings.worker_stop_timeout)
+    faust_dir = settings.data_dir / "faust"
+    faust_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         spec.group_id,
         broker=broker_urls(settings),
         store="memory://",
+        # Faust's default is `<app id>-data` in the working directory: keep it with our other data instead.
+        datadir=str(faust_dir / f"{spec.group_id}-data"),
         autodiscover=False,
         web_enabled=settings.worker_web_port is not None,
         web_port=settings.worker_web_port or 6066,

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import faust
 
-from cdc.kafka import ensure_topics
+from cdc.kafka import ensure_topics, faust_credentials
 from cdc.logs import get_logger
 from cdc.schemas import dlq_topic
 from cdc.settings import Settings
@@ -99,6 +99,7 @@ def create_app(settings: Settings, spec: WorkerSpec) -> tuple[faust.App, BatchPr
     app = faust.App(
         spec.group_id,
         broker=broker_urls(settings),
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         autodiscover=False,
         web_enabled=settings.worker_web_port is not None,

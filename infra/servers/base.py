@@ -129,7 +129,7 @@ class Server(abc.ABC):
             private_dir(self.settings.runtime_dir)
             private_dir(self.data_dir)
             self.launch()
-            self.provision(time.monotonic() + self.start_timeout)
+        self.provision(time.monotonic() + self.start_timeout)
         self.wait_healthy(self.start_timeout)
         ok, detail = self.healthy()
         return self._status(ok, detail, time.monotonic() - start)

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # Replication of the keyspaces cdcflow creates, as CQL's replication map, e.g.
     # {"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 3} on a real ring.
     cassandra_replication: dict[str, str | int] = Field(
-        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1},
+        default_factory=lambda: dict[str, str | int]({"class": "SimpleStrategy", "replication_factor": 1}),
         validation_alias=_both("CASSANDRA_REPLICATION"),
     )
     cassandra_read_consistency: Consistency = Field(

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Protocol
 
 import typer
 
+from cdc.credentials import Role
 from cdc.settings import Settings
 
 APP_FACTORIES: dict[str, str] = {
@@ -28,6 +29,9 @@ PORT_SETTINGS: dict[str, str] = {
     "read-api": "read_api_port",
 }
 DEFAULT_PORT = 8000
+#: The role (credentials on the local servers) each app runs as: a service its own database user only.
+APP_ROLES: dict[str, Role] = {"product": "product", "order": "order", "clickstream": "clickstream",
+                              "read-api": "reader"}
 
 
 class AppFactory(Protocol):
@@ -66,7 +70,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"unknown service {name!r}; choose one of: {', '.join(APP_FACTORIES)}", param_hint="NAME"
             )
-        application = app_factory(name)(settings)
+        application = app_factory(name)(settings.as_role(APP_ROLES[name]))
         uvicorn.run(
             application,
             host=host or settings.services_host,

@@ -18,12 +18,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID
 
-from cassandra import DriverException, RequestValidationException
+from cassandra import DriverException, InvalidRequest, RequestValidationException
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import PreparedStatement
 
-from cdc.connect import cassandra_session
+from cdc.connect import CASSANDRA_READ_PROFILE, cassandra_replication, cassandra_session
 from cdc.errors import InvalidEventError
 from cdc.event import Event
 from cdc.logs import get_logger
@@ -147,13 +147,29 @@ class ClickstreamSink(Sink):
                 self.close()
             raise err from exc
 
+    def _read(self, query: str, params: Sequence[Any] | None = None) -> list[Any]:
+        """Rows of a read (read consistency); none when no worker created the keyspace or table yet (readers
+        do no DDL)."""
+        session = self._connect()
+        try:
+            return list(session.execute(query, params, execution_profile=CASSANDRA_READ_PROFILE))
+        except InvalidRequest as exc:
+            text = str(exc)
+            if "does not exist" in text or "unconfigured table" in text:
+                return []
+            raise classify_cassandra_error(exc) from exc
+        except Exception as exc:
+            err = classify_cassandra_error(exc)
+            if isinstance(err, TransientSinkError):
+                self.close()
+            raise err from exc
+
     # -- setup ----------------------------------------------------------------------------------------
 
     def setup(self) -> None:
         ks = self.keyspace()
         self._execute(
-            f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-            "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+            f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {cassandra_replication(self.settings)}"
         )
         self._execute(
             f"CREATE TABLE IF NOT EXISTS {ks}.page_views_by_user_day ("
@@ -259,12 +275,12 @@ class ClickstreamSink(Sink):
 
     def has_visitor(self, user_id: str) -> bool:
         """True when `user_id` has a page view within retention."""
-        rows = self._execute(f"SELECT user_id FROM {self.keyspace()}.visitors WHERE user_id = %s", (user_id,))
-        return rows.one() is not None
+        rows = self._read(f"SELECT user_id FROM {self.keyspace()}.visitors WHERE user_id = %s", (user_id,))
+        return bool(rows)
 
     def views(self, user_id: str, day: date) -> list[PageView]:
         """A user's page views on `day`, oldest first."""
-        rows = self._execute(
+        rows = self._read(
             f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
             f"FROM {self.keyspace()}.page_views_by_user_day WHERE user_id = %s AND day = %s",
             (user_id, day),
@@ -283,7 +299,7 @@ class ClickstreamSink(Sink):
 
     def top_products(self, day: date, limit: int = 10) -> list[tuple[str, int]]:
         """Most viewed products on `day` as (product_id, views), most viewed first."""
-        rows = self._execute(
+        rows = self._read(
             f"SELECT product_id, count(*) AS n FROM {self.keyspace()}.product_views_by_day "
             "WHERE day = %s GROUP BY product_id",
             (day,),
@@ -293,11 +309,11 @@ class ClickstreamSink(Sink):
         return counts[:limit]
 
     def snapshot(self) -> dict[str, list[Any]]:
-        users = self._execute(
+        users = self._read(
             f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
             f"FROM {self.keyspace()}.page_views_by_user_day"
         )
-        products = self._execute(
+        products = self._read(
             f"SELECT day, product_id, event_id, user_id, ts FROM {self.keyspace()}.product_views_by_day"
         )
         return {

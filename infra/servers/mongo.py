@@ -168,9 +168,8 @@ class MongoServer(Server):
             },
         }
         for user, roles in users.items():
-            options = {"pwd": passwords[user], "roles": roles, "mechanisms": ["SCRAM-SHA-256"]}
             try:
-                admin.command("createUser", user, **options)
+                admin.command("createUser", user, pwd=passwords[user], roles=roles, mechanisms=["SCRAM-SHA-256"])
             except OperationFailure as exc:
                 if exc.code != _USER_ALREADY_EXISTS:
                     raise

@@ -23,7 +23,7 @@ def private_kafka(settings: Settings, kafka: Server) -> Iterator[tuple[KafkaServ
     server = KafkaServer(settings, instance=unique("kafka_tailer"), port=28192, controller_port=28193)
     server.ensure_running()
     try:
-        yield server, settings.model_copy(update={"kafka_bootstrap_override": server.bootstrap})
+        yield server, server.client_settings()
     finally:
         server.stop()
         shutil.rmtree(server.data_dir, ignore_errors=True)

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from pymongo.collection import Collection
 
 from cdc.event import Event, utcnow
-from cdc.kafka import ensure_topics
+from cdc.kafka import ensure_topics, kafka_config
 from cdc.outbox import outbox_document
 from cdc.settings import Settings
 
@@ -142,12 +142,11 @@ class TopicReader:
     def __init__(self, settings: Settings, topic: str) -> None:
         ensure_topics(settings, [topic])
         self.topic = topic
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+        self.consumer = Consumer(kafka_config(settings, **{
             "group.id": f"verify-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-        })
+        }))
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         self.records: list[Record] = []
@@ -225,6 +224,11 @@ def tailer_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CDCFLOW_LOG_JSON": "true",
         **extra,
     })
+    # An explicit bootstrap address means "not the local broker": pass its credentials along explicitly too.
+    if settings.kafka_sasl is not None:
+        mechanism, user, password = settings.kafka_sasl
+        env.update({"CDCFLOW_KAFKA_SASL_MECHANISM": mechanism, "CDCFLOW_KAFKA_SASL_USERNAME": user,
+                    "CDCFLOW_KAFKA_SASL_PASSWORD": password})
     return env
 
 

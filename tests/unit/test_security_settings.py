@@ -53,7 +53,8 @@ def test_each_role_gets_only_its_own_users(data_dir: Path) -> None:
     assert s.as_role("reader").postgres_dsn.startswith("postgresql://cdcflow_reader:")
     assert s.as_role("worker").postgres_dsn.startswith("postgresql://cdcflow_worker:")
     assert s.as_role("product").postgres_dsn.startswith("postgresql://postgres@")  # no password: refused
-    assert s.as_role("reader").cassandra_auth is not None and s.as_role("reader").cassandra_auth[0] == "cdcflow_reader"
+    reader = s.as_role("reader").cassandra_auth
+    assert reader is not None and reader[0] == "cdcflow_reader"
     assert s.as_role("order").cassandra_auth is None
     assert s.as_role("worker").neo4j_auth is not None
     assert s.as_role("tailer").kafka_sasl is not None and s.kafka_protocol == "SASL_PLAINTEXT"

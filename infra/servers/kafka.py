@@ -66,11 +66,13 @@ class KafkaServer(Server):
 
     def __init__(
         self, settings: Settings, *, instance: str | None = None, port: int | None = None,
-        controller_port: int | None = None,
+        controller_port: int | None = None, tls: tuple[bytes, bytes, bytes] | None = None,
     ) -> None:
         super().__init__(settings, instance=instance)
         self.port = port or settings.kafka_port
         self.controller_port = controller_port or settings.kafka_controller_port
+        # (certificate chain PEM, PKCS#8 key PEM, CA PEM): the client listener speaks SASL_SSL (the TLS tests).
+        self.tls = tls
 
     @property
     def bootstrap(self) -> str:
@@ -88,6 +90,8 @@ class KafkaServer(Server):
             password = ensure_secrets(self.settings.data_dir, "kafka")[KAFKA_CLIENT]
             update.update(kafka_sasl_mechanism=SCRAM, kafka_sasl_username=KAFKA_CLIENT,
                           kafka_sasl_password=SecretStr(password))
+        if self.tls is not None:
+            update.update(kafka_security_protocol="SASL_SSL", kafka_ssl_ca_file=self.data_dir / "tls-ca.pem")
         return self.settings.model_copy(update=update)
 
     @property
@@ -101,15 +105,27 @@ class KafkaServer(Server):
     def _properties(self, passwords: dict[str, str]) -> str:
         logs = self.data_dir / "logs"
         broker, controller = passwords[KAFKA_BROKER], passwords[KAFKA_CONTROLLER]
+        tls: list[str] = []
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            keystore, truststore = self.data_dir / "tls-keystore.pem", self.data_dir / "tls-ca.pem"
+            write_private(keystore, (key + cert).decode())
+            write_private(truststore, ca.decode())
+            # The broker's own connections to the listener (inter-broker) are clients of it too: same files.
+            for prefix in ("", "listener.name.client."):
+                tls += [f"{prefix}ssl.keystore.type=PEM", f"{prefix}ssl.keystore.location={keystore}",
+                        f"{prefix}ssl.truststore.type=PEM", f"{prefix}ssl.truststore.location={truststore}"]
+        client_protocol = "SASL_SSL" if self.tls is not None else "SASL_PLAINTEXT"
         return "\n".join([
             "# Written by cdcflow infra/ at every start (edits are lost). Holds passwords: mode 0600.",
+            *tls,
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
             f"listeners=CLIENT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             f"advertised.listeners=CLIENT://127.0.0.1:{self.port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+            f"listener.security.protocol.map=CLIENT:{client_protocol},CONTROLLER:SASL_PLAINTEXT",
             "inter.broker.listener.name=CLIENT",
             f"sasl.enabled.mechanisms={SCRAM}",
             f"sasl.mechanism.inter.broker.protocol={SCRAM}",

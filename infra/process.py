@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from infra.secrets import write_private
+
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     """True when something accepts TCP connections on host:port."""
@@ -132,7 +134,7 @@ class ManagedProcess:
                 group=user,
                 umask=0o077,
             )
-        self.pid_file.write_text(str(proc.pid))
+        write_private(self.pid_file, str(proc.pid))
         return proc.pid
 
     def exited_early(self) -> bool:

@@ -24,7 +24,7 @@ from cdc.settings import Settings
 from infra.errors import InstallError, StartError
 from infra.maven import fetch_jars, java_binary
 from infra.process import port_open
-from infra.secrets import ensure_secrets, mark_provisioned, provisioned_with
+from infra.secrets import ensure_secrets, mark_provisioned, private_dir, provisioned_with, write_private
 from infra.servers.base import Server
 
 #: The superuser Cassandra creates on a fresh node (replaced by ours at the first start).
@@ -176,12 +176,12 @@ class CassandraServer(Server):
     def write_config(self) -> Path:
         """Write cassandra.yaml and logback.xml from the settings; returns the yaml path."""
         s = self.settings
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.conf_dir)
+        private_dir(self.log_dir)
         for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "triggers"):
-            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+            private_dir(self.data_dir / sub)
         yaml = self.conf_dir / "cassandra.yaml"
-        yaml.write_text(
+        write_private(yaml,
             _YAML.format(
                 data=self.data_dir.resolve(),
                 storage_port=s.cassandra_storage_port,
@@ -191,7 +191,7 @@ class CassandraServer(Server):
                 cores=CORES,
             )
         )
-        (self.conf_dir / "logback.xml").write_text(_LOGBACK.format(logs=self.log_dir.resolve()))
+        write_private(self.conf_dir / "logback.xml", _LOGBACK.format(logs=self.log_dir.resolve()))
         return yaml
 
     def jvm_args(self) -> list[str]:

@@ -165,11 +165,11 @@ class KafkaServer(Server):
         conf = self.data_dir / "server.properties"
         write_private(conf, self._properties(passwords))
         log4j = self.data_dir / "log4j2.xml"
-        log4j.write_text(_LOG4J2.format(log=self.data_dir / "server.log"))
+        write_private(log4j, _LOG4J2.format(log=self.data_dir / "server.log"))
         cluster_file = self.data_dir / "cluster.id"
         if not cluster_file.exists():
             # A random base64 UUID, the same thing `kafka-storage random-uuid` prints.
-            cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+            write_private(cluster_file, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
         classpath = f"{lib}/*"
         if not provisioned_with(self.data_dir, passwords):
             self._format(java, classpath, conf, cluster_file.read_text().strip(), passwords)

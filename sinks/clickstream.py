@@ -18,7 +18,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID
 
-from cassandra import DriverException, InvalidRequest, RequestValidationException
+from cassandra import (
+    AuthenticationFailed,
+    DriverException,
+    InvalidRequest,
+    RequestValidationException,
+    Unauthorized,
+)
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import PreparedStatement
@@ -80,7 +86,10 @@ def ttl_seconds(ts: datetime, retention_days: int, now: datetime | None = None) 
 
 
 def classify_cassandra_error(exc: BaseException) -> Exception:
-    """Validation errors (bad query/data) are permanent; everything else (unavailable, timeouts) transient."""
+    """Validation errors (bad query/data) are permanent; everything else (unavailable, timeouts, and the store
+    refusing our user: permissions, credentials) transient."""
+    if isinstance(exc, Unauthorized | AuthenticationFailed):
+        return TransientSinkError(f"cassandra refused cdcflow's user: {exc}")
     if isinstance(exc, RequestValidationException):
         return PermanentSinkError(f"cassandra rejected the write: {exc}")
     return TransientSinkError(f"cassandra unavailable: {type(exc).__name__}: {exc}")

@@ -36,6 +36,10 @@ def classify_postgres_error(exc: BaseException) -> Exception:
         return TransientSinkError(f"postgres unavailable: {exc}")
     if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
         return TransientSinkError(f"postgres timeout: {exc}")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege | psycopg.errors.InvalidAuthorizationSpecification
+                  | psycopg.errors.ReadOnlySqlTransaction):
+        # The store refuses *us* (DESIGN: "down", not a bad event): retry until an operator fixes the grants.
+        return TransientSinkError(f"postgres refused cdcflow's user: {exc}")
     return PermanentSinkError(f"postgres rejected the write: {type(exc).__name__}: {exc}")
 
 

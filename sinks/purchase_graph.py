@@ -22,9 +22,11 @@ from typing import Any, ClassVar, LiteralString
 
 from neo4j import Driver, ManagedTransaction, Session
 from neo4j.exceptions import (
+    AuthError,
     ClientError,
     DatabaseUnavailable,
     DriverError,
+    Forbidden,
     ServiceUnavailable,
     SessionExpired,
     TransientError,
@@ -59,6 +61,8 @@ def classify_neo4j_error(exc: BaseException) -> Exception:
     """Connection loss, unavailability and transient server errors are retried; client errors are not."""
     if isinstance(exc, ServiceUnavailable | SessionExpired | TransientError | DatabaseUnavailable | OSError):
         return TransientSinkError(f"neo4j unavailable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, AuthError | Forbidden):  # the store refuses *us*: "down", not a bad event
+        return TransientSinkError(f"neo4j refused cdcflow's user: {type(exc).__name__}: {exc}")
     if isinstance(exc, ClientError):
         return PermanentSinkError(f"neo4j rejected the write: {exc}")
     if isinstance(exc, DriverError):

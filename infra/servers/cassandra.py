@@ -275,6 +275,10 @@ class CassandraServer(Server):
             session.execute(f"GRANT CREATE ON ALL KEYSPACES TO {CASSANDRA_WORKER}")
             session.execute(f"GRANT SELECT ON ALL KEYSPACES TO {CASSANDRA_WORKER}")
             session.execute(f"GRANT SELECT ON ALL KEYSPACES TO {CASSANDRA_READER}")
+            # Keyspaces from before authentication (nobody owns them): the worker's, as if it had created them.
+            for row in session.execute("SELECT keyspace_name FROM system_schema.keyspaces"):
+                if not row.keyspace_name.startswith("system"):
+                    session.execute(f'GRANT ALL PERMISSIONS ON KEYSPACE "{row.keyspace_name}" TO {CASSANDRA_WORKER}')
         finally:
             session.cluster.shutdown()
         mark_provisioned(self.data_dir, passwords)

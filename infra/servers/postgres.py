@@ -192,6 +192,19 @@ class PostgresServer(Server):
             # Whatever the worker creates, the reader may read (and nothing more).
             f"ALTER DEFAULT PRIVILEGES FOR ROLE {POSTGRES_WORKER} GRANT USAGE ON SCHEMAS TO {POSTGRES_READER};",
             f"ALTER DEFAULT PRIVILEGES FOR ROLE {POSTGRES_WORKER} GRANT SELECT ON TABLES TO {POSTGRES_READER};",
+            # A cluster from before authentication: its read models were created by the superuser. Hand them
+            # to the worker (and let the reader read them), as if the worker had created them.
+            "DO $$DECLARE s record; t record; BEGIN "
+            "FOR s IN SELECT nspname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner "
+            f"WHERE r.rolname = '{POSTGRES_ADMIN}' AND nspname NOT LIKE 'pg\\_%' "
+            "AND nspname NOT IN ('information_schema', 'public') LOOP "
+            f"EXECUTE format('ALTER SCHEMA %I OWNER TO {POSTGRES_WORKER}', s.nspname); "
+            "FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = s.nspname "
+            f"AND tableowner = '{POSTGRES_ADMIN}' "
+            f"LOOP EXECUTE format('ALTER TABLE %I.%I OWNER TO {POSTGRES_WORKER}', s.nspname, t.tablename); END LOOP; "
+            f"EXECUTE format('GRANT USAGE ON SCHEMA %I TO {POSTGRES_READER}', s.nspname); "
+            f"EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {POSTGRES_READER}', s.nspname); "
+            "END LOOP; END$$;",
         ]
         result = subprocess.run(
             [str(bin_dir / "postgres"), "--single", "-D", str(pgdata), "-c", "log_min_messages=warning", db],

@@ -50,8 +50,9 @@ def _root(
 ) -> None:
     settings = load_settings()
     configure_logging(log_level or settings.log_level, settings.log_json)
+    # An explicit CDCFLOW_ROLE wins (scripts, tests against their own databases); else the command's own role.
     role = COMMAND_ROLES.get(ctx.invoked_subcommand or "")
-    ctx.obj = settings.as_role(role) if role is not None else settings
+    ctx.obj = settings.as_role(role) if role is not None and "role" not in settings.model_fields_set else settings
 
 
 @app.command()

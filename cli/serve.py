@@ -70,7 +70,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"unknown service {name!r}; choose one of: {', '.join(APP_FACTORIES)}", param_hint="NAME"
             )
-        application = app_factory(name)(settings.as_role(APP_ROLES[name]))
+        if "role" not in settings.model_fields_set:  # an explicit CDCFLOW_ROLE wins
+            settings = settings.as_role(APP_ROLES[name])
+        application = app_factory(name)(settings)
         uvicorn.run(
             application,
             host=host or settings.services_host,

@@ -163,7 +163,8 @@ def test_cli_exit_code_and_json(settings: Settings, mongo_db: tuple[MongoClient[
     client[f"{prefix}order_service"]["outbox"].insert_many(
         [outbox_document(e) for e in _events(2, timedelta(seconds=1))]
     )
-    env = {"CDCFLOW_SERVICE_DB_PREFIX": prefix, "CDCFLOW_TAILER_STATE_DATABASE": state,
+    # Databases of its own, which the tailer's user (the role of `status`) may not read: run as admin.
+    env = {"CDCFLOW_ROLE": "admin", "CDCFLOW_SERVICE_DB_PREFIX": prefix, "CDCFLOW_TAILER_STATE_DATABASE": state,
            "CDCFLOW_STATUS_MAX_LAG": str(10**12), "CDCFLOW_STATUS_MAX_BACKLOG_AGE_SECONDS": "3600"}
     runner = CliRunner()
     failing = runner.invoke(app, ["status", "--json"], env={**env, "CDCFLOW_STATUS_MAX_BACKLOG": "1"})

@@ -14,6 +14,7 @@ Users (all defined in `admin`; cdc/credentials.py names them):
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -111,7 +112,9 @@ class MongoServer(Server):
     def _provision_users(self, passwords: dict[str, str]) -> None:
         """Start without auth on a random loopback port, create the users and roles, check, stop."""
         port = _free_port()
-        with open(self.process.log_file, "ab") as log:
+        self.process.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.process.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "ab") as log:
             proc = subprocess.Popen(
                 self._argv(port), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.data_dir, env=server_environment(), start_new_session=True, umask=0o077,

@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 from cdc.settings import Settings
 from infra.servers.mongo import MongoServer
 from producers import product
-from tests.helpers import unique, wait_for
+from tests.helpers import free_port, unique, wait_for
 
 pytestmark = pytest.mark.integration
 
-PORT = 27251
+PORT = free_port()  # not a fixed port: another checkout's suite may run this test at the same time
 WAIT_QUEUE_TIMEOUT = 2.0
 
 

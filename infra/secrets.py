@@ -16,6 +16,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,18 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)
     return path
+
+
+def tighten(folder: Path) -> None:
+    """Take group and other permissions off everything under `folder` (symlinks not followed): files written
+    by an older cdcflow, before the data folder was private."""
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
 
 
 def write_private(path: Path, text: str) -> None:

@@ -50,13 +50,13 @@ from psycopg import sql
 from pymongo.collection import Collection
 
 from bench.bench_tailer import Acks, pct, preload, steady
+from cdc.acks import Sent
 from cdc.connect import cassandra_session, neo4j_driver, postgres_connect
 from cdc.event import Event
 from cdc.kafka import admin_client, ensure_topics
 from cdc.logs import configure_logging
 from cdc.mongo import mongo_client
 from cdc.outbox import Document, outbox_document
-from cdc.publisher import Sent
 from cdc.schemas import OrderCreated, OrderItem, PageViewed, PaymentConfirmed, dlq_topic, payload_json
 from cdc.settings import Settings, load_settings
 from cdc.tailer import Tailer

@@ -23,7 +23,11 @@ verdict uses the median round.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -35,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
 from bench.polling_relay import PollingRelay
 from cdc.event import Event
-from cdc.kafka import ensure_topics, producer_config
+from cdc.kafka import ensure_topics, kafka_config, producer_config
 from cdc.logs import configure_logging
 from cdc.mongo import mongo_client
 from cdc.outbox import Document, outbox_document
@@ -290,6 +294,139 @@ def side_by_side(settings: Settings, client: Any, topic: str, args: argparse.Nam
     return median
 
 
+# -- live: a writer inserting while the forwarder forwards, each in its own process ------------------------------
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _topic_end(settings: Settings, topic: str) -> tuple[int, float]:
+    """(records on `topic`, the newest record's timestamp in seconds)."""
+    consumer = Consumer(kafka_config(settings, **{"group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                                                  "enable.auto.commit": False}))
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        total, newest = 0, 0.0
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high - low
+            if high > low:
+                consumer.assign([TopicPartition(topic, p, high - 1)])
+                msg = consumer.poll(10)
+                if msg is not None and msg.error() is None:
+                    newest = max(newest, msg.timestamp()[1] / 1000)
+        return total, newest
+    finally:
+        consumer.close()
+
+
+def _start_forwarder(settings: Settings, client: Any, kind: str, dbs: list[str]) -> subprocess.Popen[bytes]:
+    """The naive forwarder or `cdcflow tail`, watching the outboxes of `dbs`, started and ready (streams open)."""
+    if kind == "naive":
+        proc = subprocess.Popen([sys.executable, str(BENCH_DIR / "live.py"), "naive",
+                                 *(a for db in dbs for a in ("--db", db))], stdout=subprocess.PIPE, cwd=REPO)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"READY":
+            raise RuntimeError("the naive forwarder did not start")
+        return proc
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "WARNING", "tail",
+                             *(a for db in dbs for a in ("-d", db))], cwd=REPO)
+    checkpoints = client[settings.tailer_state_database]["checkpoints"]
+    deadline = time.monotonic() + 60
+    while not all((checkpoints.find_one({"_id": f"{db}.outbox"}) or {}).get("token") for db in dbs):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("the tailer did not reach its first checkpoint")
+        time.sleep(0.05)
+    return proc
+
+
+def live_run(settings: Settings, client: Any, kind: str, args: argparse.Namespace) -> dict[str, float]:
+    """One live run: the writer inserts `args.live_events` in batches while `kind` (alone | naive | tailer)
+    forwards; returns the writer's rate, the forwarding rate (first insert -> last record on Kafka) and the
+    forwarder's CPU seconds."""
+    run = uuid.uuid4().hex[:6]
+    # One busy outbox, the others idle, as when `cdcflow tail` watches every service while one writes.
+    dbs = [f"bench_live_{run}_{i}" for i in range(args.live_outboxes)]
+    db = dbs[0]
+    topic = f"bench_live_{run}"
+    ensure_topics(settings, [topic])
+    for name in dbs:
+        client[name].create_collection("outbox")
+    proc = None if kind == "alone" else _start_forwarder(settings, client, kind, dbs)
+    cpu_before = _cpu_seconds(proc.pid) if proc else 0.0
+    server_before = _cpu_seconds(_mongo_pid(settings))
+    out = subprocess.run([sys.executable, str(BENCH_DIR / "live.py"), "writer", "--db", db, "--topic", topic,
+                          "--events", str(args.live_events), "--batch", str(args.live_batch)],
+                         capture_output=True, check=True, cwd=REPO)
+    wrote = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    got: dict[str, float] = {"writer": wrote["rate"]}
+    got["server_cpu"] = _cpu_seconds(_mongo_pid(settings)) - server_before
+    if proc is not None:
+        deadline = time.monotonic() + 300
+        while (count := _topic_end(settings, topic)[0]) < args.live_events:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{kind}: {count} of {args.live_events} events on Kafka")
+            time.sleep(0.2)
+        got["cpu"] = _cpu_seconds(proc.pid) - cpu_before
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        count, newest = _topic_end(settings, topic)
+        got["forward"] = args.live_events / (newest - wrote["start"])
+    for name in dbs:
+        client.drop_database(name)
+    return got
+
+
+def _mongo_pid(settings: Settings) -> int:
+    return int((settings.runtime_dir / "mongo.pid").read_text())
+
+
+def live(settings: Settings, client: Any, args: argparse.Namespace) -> dict[str, float]:
+    """Rounds of the writer alone, with the naive forwarder and with the tailer, rotating the order."""
+    print(f"live: {args.live_events} events inserted in batches of {args.live_batch} while forwarding; "
+          f"{args.live_rounds} rounds; writer, naive forwarder and tailer each in its own process")
+    print("w/s: the writer's inserts/s; f/s: forwarded/s (first insert -> last record on Kafka); cpu: the "
+          "forwarder's CPU seconds; srv: MongoDB's CPU seconds while the writer wrote")
+    print(f"{'round':<7}{'alone w/s':>11}{'naive w/s':>11}{'tailer w/s':>12}{'naive f/s':>11}{'tailer f/s':>12}"
+          f"{'naive cpu':>11}{'tailer cpu':>12}{'srv alone':>11}{'srv naive':>11}{'srv tailer':>12}")
+    kinds = ("alone", "naive", "tailer")
+    rounds: list[dict[str, float]] = []
+    for r in range(args.live_rounds):
+        order = kinds[r % 3 :] + kinds[: r % 3]
+        runs = {kind: live_run(settings, client, kind, args) for kind in order}
+        got = {
+            "alone": runs["alone"]["writer"], "naive_w": runs["naive"]["writer"], "tailer_w": runs["tailer"]["writer"],
+            "naive_f": runs["naive"]["forward"], "tailer_f": runs["tailer"]["forward"],
+            "naive_cpu": runs["naive"]["cpu"], "tailer_cpu": runs["tailer"]["cpu"],
+            "alone_srv": runs["alone"]["server_cpu"], "naive_srv": runs["naive"]["server_cpu"],
+            "tailer_srv": runs["tailer"]["server_cpu"],
+        }
+        got["forward_ratio"] = got["tailer_f"] / got["naive_f"]
+        got["writer_share"] = got["tailer_w"] / got["alone"]
+        got["writer_share_naive"] = got["naive_w"] / got["alone"]
+        rounds.append(got)
+        print(f"{r + 1:<7}{got['alone']:>11,.0f}{got['naive_w']:>11,.0f}{got['tailer_w']:>12,.0f}"
+              f"{got['naive_f']:>11,.0f}{got['tailer_f']:>12,.0f}{got['naive_cpu']:>10.1f}s{got['tailer_cpu']:>11.1f}s"
+              f"{got['alone_srv']:>10.1f}s{got['naive_srv']:>10.1f}s{got['tailer_srv']:>11.1f}s", flush=True)
+    median = {k: statistics.median(g[k] for g in rounds) for k in rounds[0]}
+    print(f"{'median':<7}{median['alone']:>11,.0f}{median['naive_w']:>11,.0f}{median['tailer_w']:>12,.0f}"
+          f"{median['naive_f']:>11,.0f}{median['tailer_f']:>12,.0f}{median['naive_cpu']:>10.1f}s"
+          f"{median['tailer_cpu']:>11.1f}s{median['alone_srv']:>10.1f}s{median['naive_srv']:>10.1f}s"
+          f"{median['tailer_srv']:>11.1f}s")
+    print(f"live forwarding, tailer / naive forwarder: {median['forward_ratio']:.2f}x   "
+          f"(target >= 1.0x: {'met' if median['forward_ratio'] >= 1.0 else 'NOT met'})")
+    print(f"writer's rate with the tailer on: {median['writer_share']:.0%} of alone; with the naive forwarder on: "
+          f"{median['writer_share_naive']:.0%}   (target: >= the naive's, aiming at >= 90%: "
+          f"{'met' if median['writer_share'] >= median['writer_share_naive'] else 'NOT met'})")
+    return median
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20000, help="backlog size for the tailer and raw limits")
@@ -297,6 +434,12 @@ def main() -> None:
     parser.add_argument("--polling-events", type=int, default=2000, help="backlog size for the polling relay")
     parser.add_argument("--rate", type=float, default=100.0, help="steady rate (events/s) for latency")
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of the steady phase")
+    parser.add_argument("--live-only", action="store_true", help="only the live rounds")
+    parser.add_argument("--live-events", type=int, default=10000, help="events the live writer inserts")
+    parser.add_argument("--live-batch", type=int, default=500, help="events per insert_many of the live writer")
+    parser.add_argument("--live-rounds", type=int, default=5, help="live rounds")
+    parser.add_argument("--live-outboxes", type=int, default=3,
+                        help="outboxes the forwarders watch (one busy, the others idle, as `cdcflow tail` runs)")
     args = parser.parse_args()
     configure_logging("WARNING")
     settings = load_settings()
@@ -308,6 +451,10 @@ def main() -> None:
           f"{args.polling_events}), steady {args.rate:.0f} events/s for {args.seconds:.0f}s; "
           "SecantusDB + Kafka on this machine")
     print()
+    if args.live_only:
+        live(settings, client, args)
+        client.close()
+        return
     median = side_by_side(settings, client, topic, args)
     # The polling relay goes last: its one write per event fills SecantusDB's retryable-write records, which
     # makes every later write on that server slower for half an hour.

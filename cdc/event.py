@@ -11,11 +11,21 @@ import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from cdc.errors import InvalidEventError
+from cdc.limits import MAX_ID_LENGTH
 
 SCHEMA_VERSION = "1"
 
@@ -47,14 +57,16 @@ class Event(BaseModel):
 
     event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
-    aggregate_type: str = Field(min_length=1, max_length=200)
-    aggregate_id: str = Field(min_length=1, max_length=500)
-    type: str = Field(min_length=1, max_length=200)
+    aggregate_type: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    # The Kafka key and every read model's key: an id like any other (cdc/limits.py says why 200).
+    aggregate_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    type: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     version: int | None = Field(default=None, ge=1)
     occurred_at: datetime = Field(default_factory=utcnow)
     # JsonValue is checked by pydantic-core itself: only JSON types (no dates, bytes, ObjectIds, tuples).
     payload: dict[str, JsonValue] = Field(default_factory=dict)
-    headers: dict[str, str] = Field(default_factory=dict)
+    # Trace id, source service, schema version: short values, repeated as Kafka record headers.
+    headers: dict[str, Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]] = Field(default_factory=dict)
 
     @field_validator("event_id")
     @classmethod

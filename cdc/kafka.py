@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from cdc.settings import Settings
 
@@ -166,12 +166,28 @@ def ensure_topics(
 
 _TOPIC_ALREADY_EXISTS = 36
 
+#: Room for a record's key, headers and framing beyond the event itself (the event's JSON is the record value).
+RECORD_OVERHEAD = 64 * 1024
+
 
 def topic_config(settings: Settings) -> dict[str, str]:
-    """Topic-level configuration of the topics cdcflow creates."""
-    if settings.kafka_min_insync_replicas is None:
-        return {}
-    return {"min.insync.replicas": str(settings.kafka_min_insync_replicas)}
+    """Configuration of the topics cdcflow creates: they take every event a service may write, and keep
+    `min.insync.replicas` when one is set."""
+    config = {"max.message.bytes": str(settings.max_event_bytes + RECORD_OVERHEAD)}
+    if settings.kafka_min_insync_replicas is not None:
+        config["min.insync.replicas"] = str(settings.kafka_min_insync_replicas)
+    return config
+
+
+def topic_max_message_bytes(settings: Settings, topic: str, timeout: float = 10.0) -> int:
+    """The largest record `topic` accepts (its `max.message.bytes`, which defaults to the broker's)."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    admin = admin_client(settings)  # referenced until the answer is in: a collected client fails its futures
+    entries = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout=timeout)
+    entry = entries.get("max.message.bytes")
+    if entry is None or entry.value is None:
+        raise KafkaException(f"topic {topic!r} reports no max.message.bytes")
+    return int(entry.value)
 
 
 def broker_count(admin: AdminClient, timeout: float) -> int:

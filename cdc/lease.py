@@ -13,9 +13,11 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import pymongo
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -35,7 +37,10 @@ def default_instance_id() -> str:
 class Lease:
     """The lease on one outbox, for one tailer instance; `acquire()` then `start_heartbeat()`."""
 
-    def __init__(self, leases: Collection[Document], key: str, owner: str, ttl_seconds: float) -> None:
+    def __init__(
+        self, leases: Collection[Document], key: str, owner: str, ttl_seconds: float,
+        on_crash: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
         self.leases = leases
         self.key = key
         self.owner = owner
@@ -46,6 +51,8 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = get_logger("cdc.lease", outbox=key, owner=owner)
+        # The heartbeat thread reports an unexpected error here (the tailer then stops: it cannot keep a lease).
+        self._on_crash = on_crash
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -106,14 +113,15 @@ class Lease:
                 self._valid_until = started + self.ttl.total_seconds()
         return True
 
-    def release(self) -> None:
-        """Give the lease up now (clean shutdown) so a standby takes over without waiting for the TTL."""
+    def release(self, timeout: float = 2.0) -> None:
+        """Give the lease up now (clean shutdown) so a standby takes over without waiting for the TTL; bounded
+        by `timeout` (a stop must not wait on a stuck server: the lease then simply expires)."""
         self.stop_heartbeat()
         fence = self.fence
         self._set(None, 0.0)
         if fence is None:
             return
-        with contextlib.suppress(PyMongoError):
+        with contextlib.suppress(PyMongoError), pymongo.timeout(max(0.1, timeout)):
             self.leases.update_one(
                 {"_id": self.key, "owner": self.owner, "fence": fence},
                 {"$set": {"expires_at": datetime.fromtimestamp(0, tz=utcnow().tzinfo)}},
@@ -131,10 +139,19 @@ class Lease:
     def stop_heartbeat(self) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+            # A renewal stuck on an unresponsive server is left behind (daemon): the lease expires on its own.
+            self._thread.join(timeout=1.0)
         self._thread = None
 
     def _beat(self) -> None:
+        try:
+            self._renew_until_stopped()
+        except BaseException as exc:
+            if self._on_crash is None:
+                raise
+            self._on_crash(f"lease-{self.key}", exc)
+
+    def _renew_until_stopped(self) -> None:
         interval = self.ttl.total_seconds() / 3
         while not self._stop.wait(interval):
             try:

@@ -14,7 +14,7 @@ from cdc.logs import get_logger
 
 EVENTS = Counter(
     "cdcflow_events",
-    "Events by pipeline stage (tailer: read, forwarded, catchup, dead_lettered).",
+    "Events by pipeline stage (tailer: read, forwarded, catchup, dead_lettered, pruned).",
     ["stage", "source"],
 )
 BATCH_SIZE = Histogram(
@@ -72,13 +72,14 @@ LATENCY = BatchHistogram(
     "source",
     (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-CHECKPOINT_AGE = Gauge(
-    "cdcflow_tailer_checkpoint_age_seconds", "Seconds since the last checkpoint write.", ["source"]
-)
 CHECKPOINT_TIME = Gauge(
     "cdcflow_tailer_checkpoint_timestamp_seconds", "Unix time of the last checkpoint write.", ["source"]
 )
-BACKLOG = Gauge("cdcflow_outbox_unpublished", "Unpublished outbox events (backlog).", ["source"])
+LAG = Gauge(
+    "cdcflow_tailer_lag_seconds",
+    "How far behind the outbox the tailer reads: now minus the commit time of the last change read (0 idle).",
+    ["source"],
+)
 IN_FLIGHT = Gauge("cdcflow_tailer_in_flight", "Events sent to Kafka and not yet acknowledged.", ["source"])
 LEADER = Gauge("cdcflow_tailer_leader", "1 while this tailer holds the outbox's lease.", ["source"])
 RESTARTS = Counter(

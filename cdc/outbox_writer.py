@@ -80,9 +80,9 @@ class OutboxWriter:
         self.max_event_bytes = max_event_bytes
         self.max_commit_time_ms = max_commit_time_ms
 
-    def ensure_indexes(self, retention_seconds: int) -> None:
-        """Create the outbox indexes: creation order, unpublished (partial), TTL on published_at."""
-        ensure_outbox_indexes(self.outbox, retention_seconds)
+    def ensure_indexes(self) -> None:
+        """Create the outbox's index (creation order: the catch-up scan, pruning and the backlog use it)."""
+        ensure_outbox_indexes(self.outbox)
 
     def transact(self, work: Work[T]) -> T:
         """Run `work` and insert its events in one transaction; returns `work`'s result.

@@ -1,16 +1,15 @@
-"""The Kafka side of the tailer: an idempotent producer and delivery tracking.
+"""The Kafka side of the tailer: an idempotent producer, delivery reports, and what Kafka refuses for good.
 
 Every event goes to its topic with key = aggregate_id, so one aggregate's events share a partition. The
 producer is idempotent with acks=all and no delivery timeout (`message.timeout.ms=0`): while the broker is
 away, librdkafka retries in order instead of failing a message and letting a later one of the same aggregate
-overtake it. A delivery error that still happens (a fatal producer error, a message too large) fails the
-tailer's session, which re-sends everything after the last checkpoint, in order, with a fresh producer.
+overtake it.
 
-`InFlight` tracks sent events in read order; the checkpoint may only advance over its acknowledged prefix.
-
-Two producers: one with a short linger for latency, one with a long linger for draining a backlog (fewer,
-larger requests). Events go through one of them at a time, and the tailer switches only once the other has
-nothing left in flight, so no event overtakes an earlier one of its aggregate.
+A record Kafka can never take — larger than its topic accepts, invalid, for a topic that is forbidden or cannot
+exist — is *refused*: it is marked so in `InFlight`, and the tailer records it as a dead letter of its own and
+goes on. What can be known before sending (the record is larger than the topic's `max.message.bytes`) is
+refused without sending. Any other delivery error means the producer is broken: the session restarts from
+the last checkpoint with a fresh producer.
 """
 
 from __future__ import annotations
@@ -18,72 +17,38 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from cdc.acks import InFlight, Sent
 from cdc.errors import CdcError
 from cdc.event import Event
-from cdc.kafka import ensure_topics, producer_config
+from cdc.kafka import RECORD_OVERHEAD, ensure_topics, producer_config, topic_max_message_bytes
 from cdc.logs import get_logger
 from cdc.settings import Settings
 
-Document = dict[str, Any]
+# Broker and client errors that are a property of the record or its topic: retrying never helps.
+REFUSALS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.TOPIC_EXCEPTION,
+    KafkaError.POLICY_VIOLATION,
+    KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+    KafkaError._UNKNOWN_TOPIC,
+    KafkaError._INVALID_ARG,
+})
 
 
 class DeliveryError(CdcError):
-    """Kafka refused an event for good; the session restarts from the last checkpoint."""
+    """The producer failed in a way that is not the record's fault; the session restarts from the checkpoint."""
 
 
-@dataclass(slots=True)
-class Sent:
-    """One event handed to the producer: its resume token, and whether Kafka acknowledged it."""
-
-    event_id: str
-    token: Mapping[str, Any] | None
-    committed_at: datetime | None
-    acked: bool = False
-    ack_time: float = 0.0
-    error: str | None = None
-
-
-@dataclass
-class InFlight:
-    """Sent events in stream order; `take_acked_prefix()` yields what may be checkpointed.
-
-    One thread adds and takes (the tailer's), the producer's delivery thread acks. deque appends and pops
-    are atomic and `acked` is set last, so no lock is needed, and none is taken per event."""
-
-    entries: deque[Sent] = field(default_factory=deque)
-    acked_count: int = 0
-    failed: str | None = None
-
-    def add(self, entry: Sent) -> None:
-        self.entries.append(entry)
-
-    def ack(self, entry: Sent, error: str | None, when: float) -> None:
-        entry.ack_time = when
-        entry.error = error
-        if error is None:
-            self.acked_count += 1  # only the delivery thread writes it
-            entry.acked = True
-        elif self.failed is None:
-            self.failed = error
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def take_acked_prefix(self) -> list[Sent]:
-        """Remove and return the longest prefix of acknowledged events (never past an unacknowledged one)."""
-        out: list[Sent] = []
-        entries = self.entries
-        while entries and entries[0].acked:
-            out.append(entries.popleft())
-        return out
+class TopicRefused(CdcError):
+    """A topic cannot be used (it cannot be created, or its configuration cannot be read): its records are
+    refused."""
 
 
 AckHook = Callable[[Sent], None]
@@ -92,40 +57,30 @@ AckHook = Callable[[Sent], None]
 class Publisher:
     """An idempotent, batching producer with a background thread serving delivery reports."""
 
-    def __init__(self, settings: Settings, *, source: str = "", **overrides: Any) -> None:
+    def __init__(self, settings: Settings, *, source: str = "", on_ack: AckHook | None = None) -> None:
         self.settings = settings
-
-        def producer(linger_ms: int) -> Producer:
-            return Producer(producer_config(
-                settings,
-                **{
-                    "message.timeout.ms": 0,  # infinite: retry in order while the broker is away
-                    "linger.ms": linger_ms,
-                    "queue.buffering.max.messages": max(100000, settings.tailer_max_in_flight * 2),
-                    "queue.buffering.max.kbytes": 1048576,
-                    "reconnect.backoff.max.ms": 1000,
-                    "error_cb": self._on_error,
-                    **overrides,
-                },
-            ))
-
-        self._fast = self._producer = producer(settings.tailer_linger_ms)
-        self._bulk = (producer(settings.tailer_backlog_linger_ms)
-                      if settings.tailer_backlog_linger_ms > settings.tailer_linger_ms else None)
-        self._topics: set[str] = set()
+        self.max_record_bytes = settings.max_event_bytes + RECORD_OVERHEAD
+        self._producer = Producer(producer_config(
+            settings,
+            **{
+                "message.timeout.ms": 0,  # infinite: retry in order while the broker is away
+                "linger.ms": settings.tailer_linger_ms,
+                "message.max.bytes": self.max_record_bytes,
+                "queue.buffering.max.messages": max(100000, settings.tailer_max_in_flight * 2),
+                "queue.buffering.max.kbytes": 1048576,
+                "reconnect.backoff.max.ms": 1000,
+                "error_cb": self._on_error,
+            },
+        ))
+        self._limits: dict[str, int] = {}
+        self._refused_topics: dict[str, str] = {}
         self._fatal: str | None = None
+        self._on_ack = on_ack
         self._stop = threading.Event()
         self._log = get_logger("cdc.publisher", source=source)
-        # One thread per producer serves its delivery reports (a poll on one would delay the other's).
-        self._pollers = [
-            threading.Thread(target=self._poll_loop, args=(p,), name=f"kafka-poll-{source}", daemon=True)
-            for p in self._producers()
-        ]
-        for poller in self._pollers:
-            poller.start()
-
-    def _producers(self) -> list[Producer]:
-        return [self._fast] if self._bulk is None else [self._fast, self._bulk]
+        # Delivery reports are served here, so acknowledgements arrive while the outbox thread waits on MongoDB.
+        self._poller = threading.Thread(target=self._poll_loop, name=f"kafka-poll-{source}", daemon=True)
+        self._poller.start()
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -134,106 +89,112 @@ class Publisher:
         elif err.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
             self._log.warning("producer error", error=err.str())
 
-    def _poll_loop(self, producer: Producer) -> None:
+    def _poll_loop(self) -> None:
         while not self._stop.is_set():
-            producer.poll(0.05)
-
-    @property
-    def bulk(self) -> bool:
-        """True while events go through the long-linger producer."""
-        return self._producer is self._bulk
-
-    def use_bulk(self, bulk: bool, wait: float = 0.05) -> bool:
-        """Send through the long-linger producer (a backlog drains) or the short one; True once in effect.
-
-        The switch waits up to `wait` seconds for the producer in use to have nothing in flight (so that no
-        event overtakes an earlier one of its aggregate); if it still has, nothing changes: try again later."""
-        target = self._bulk if bulk and self._bulk is not None else self._fast
-        if target is self._producer:
-            return True
-        if self._producer.flush(wait) > 0:
-            return False
-        self._producer = target
-        return True
+            self._producer.poll(0.05)
 
     @property
     def fatal(self) -> str | None:
         return self._fatal
 
-    def ensure_topic(self, topic: str) -> None:
-        """Create `topic` with the configured partitions if it does not exist (once per process)."""
-        if topic in self._topics:
-            return
-        ensure_topics(self.settings, [topic], partitions=self.settings.kafka_partitions)
-        self._topics.add(topic)
+    def topic_limit(self, topic: str) -> int:
+        """The largest record `topic` takes (created with our limit if missing); TopicRefused if unusable."""
+        limit = self._limits.get(topic)
+        if limit is not None:
+            return limit
+        refused = self._refused_topics.get(topic)
+        if refused is not None:
+            raise TopicRefused(refused)
+        try:
+            ensure_topics(self.settings, [topic], partitions=self.settings.kafka_partitions)
+            limit = min(topic_max_message_bytes(self.settings, topic), self.max_record_bytes)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is not None and (error.code() in REFUSALS or error.code() in (
+                KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.INVALID_PARTITIONS, KafkaError.INVALID_CONFIG,
+            )):
+                reason = f"topic {topic!r} cannot be used: {error.str()}"
+                self._refused_topics[topic] = reason
+                raise TopicRefused(reason) from exc
+            raise
+        self._limits[topic] = limit
+        return limit
 
     def send(
         self,
-        event: Event,
         entry: Sent,
-        inflight: InFlight,
-        on_ack: AckHook | None = None,
-        should_stop: Callable[[], bool] = lambda: False,
-    ) -> bool:
-        """Hand `event` to the producer; blocks while its queue is full. False if told to stop meanwhile."""
-        return self.produce(
-            event.topic, event.to_json(), event.kafka_key(), event.kafka_headers(), entry, inflight,
-            on_ack, should_stop,
-        )
-
-    def produce(
-        self,
-        topic: str,
         value: bytes,
         key: bytes | None,
         headers: Sequence[tuple[str, bytes]],
-        entry: Sent,
         inflight: InFlight,
-        on_ack: AckHook | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> bool:
-        """Send one record tracked by `entry` in `inflight` (also used for dead letters)."""
-        self.ensure_topic(topic)
+        """Hand one record to the producer (or refuse it); blocks while the producer's queue is full.
+
+        False if told to stop meanwhile (the record was not sent and is not tracked)."""
+        topic = entry.topic
         inflight.add(entry)
+        try:
+            limit = self.topic_limit(topic)
+        except TopicRefused as exc:
+            inflight.refuse(entry, str(exc), time.time())
+            return True
+        size = len(value) + (len(key) if key else 0) + sum(len(k) + len(v) for k, v in headers) + 100
+        if size > limit:
+            inflight.refuse(entry, f"record of {size} bytes is larger than topic {topic!r} accepts ({limit} bytes, "
+                                   f"max.message.bytes)", time.time())
+            return True
+        on_ack = self._on_ack
+        log = self._log
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
-            inflight.ack(entry, None if err is None else err.str(), time.time())
-            if err is not None:
-                get_logger("cdc.publisher", event_id=entry.event_id, topic=topic).error(
-                    "delivery failed", error=err.str()
-                )
-            elif on_ack is not None:
-                on_ack(entry)
+            if err is None:
+                inflight.ack(entry, time.time())
+                if on_ack is not None:
+                    on_ack(entry)
+            elif err.code() in REFUSALS:
+                inflight.refuse(entry, f"Kafka refused it: {err.str()}", time.time())
+            else:
+                log.error("delivery failed", event_id=entry.event_id, topic=topic, error=err.str())
+                inflight.fail(err.str())
 
+        record_headers = headers if isinstance(headers, list) else list(headers)
         while True:
             try:
-                self._producer.produce(
-                    topic, value=value, key=key, headers=headers if isinstance(headers, list) else list(headers),
-                    on_delivery=delivered,
-                )
+                self._producer.produce(topic, value=value, key=key, headers=record_headers, on_delivery=delivered)
                 return True
             except BufferError:
                 if should_stop():
-                    inflight.ack(entry, "not sent: stopping", time.time())
+                    inflight.entries.pop()  # the last one added: ours, never sent
                     return False
                 time.sleep(0.01)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is None or error.code() not in REFUSALS | {KafkaError.MSG_SIZE_TOO_LARGE}:
+                    raise
+                inflight.refuse(entry, f"Kafka refused it: {error.str()}", time.time())
+                return True
+
+    def send_event(
+        self, event: Event, entry: Sent, inflight: InFlight, should_stop: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """`send` of an event: value = its JSON, key = its aggregate id, headers = its Kafka headers."""
+        return self.send(entry, event.to_json(), event.kafka_key(), event.kafka_headers(), inflight, should_stop)
+
+    def outstanding(self) -> int:
+        """Records handed to the producer and not yet acknowledged or failed."""
+        return len(self._producer)
 
     def flush(self, timeout: float) -> int:
         """Wait up to `timeout` for every acknowledgement; returns how many are still outstanding."""
-        # Only the producer in use can have anything in flight: a switch waits for the other to drain.
         return int(self._producer.flush(timeout))
-
-    def outstanding(self) -> int:
-        return sum(len(p) for p in self._producers())
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush what can be flushed within `timeout`, drop the rest (it is re-sent from the checkpoint)."""
-        for producer in self._producers():
-            with contextlib.suppress(Exception):
-                producer.flush(timeout)
-            with contextlib.suppress(Exception):
-                producer.purge()
-                producer.flush(0)
+        with contextlib.suppress(Exception):
+            self._producer.flush(timeout)
+        with contextlib.suppress(Exception):
+            self._producer.purge()
+            self._producer.flush(0)
         self._stop.set()
-        for poller in self._pollers:
-            poller.join(timeout=2)
+        self._poller.join(timeout=2)

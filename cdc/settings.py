@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, quote_plus
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdc.credentials import Role, role_credentials
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Shortest API key the HTTP APIs accept (a guessable key is no key).
+MIN_API_KEY_LENGTH = 16
 
 
 def _env(*names: str) -> AliasChoices:
@@ -141,6 +143,22 @@ class Settings(BaseSettings):
     sink_retry_max: float = 5.0  # backoff ceiling (s); a down sink is retried forever
     worker_web_port: int | None = None  # Faust web server port; None disables it
     worker_session_timeout: float = 10.0  # seconds before a dead worker's partitions move to another
+    # Interface the worker's web server and metrics exporter bind to (loopback: nothing is exposed by default).
+    worker_host: str = "127.0.0.1"
+    # Prometheus exporter port of `cdcflow worker` (0: none); supervised, the i-th read model gets port + i.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # A record larger than this is a dead letter ("too large"), never decoded.
+    stream_max_record_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # `cdcflow worker` (all read models): a dead child is restarted after a backoff (initial, doubling, max);
+    # after `worker_restart_give_up` deaths in a row, each within `worker_restart_quick_seconds` of its start,
+    # the supervisor stops everything and exits non-zero (0: never give up).
+    worker_restart_initial: float = Field(default=1.0, gt=0)
+    worker_restart_max: float = Field(default=30.0, gt=0)
+    worker_restart_quick_seconds: float = Field(default=60.0, ge=0)
+    worker_restart_give_up: int = Field(default=5, ge=0)
+    # SIGTERM: children still running this long after it are killed; an agent that crashed ends its process
+    # within this long even if the shutdown hangs.
+    worker_stop_timeout: float = Field(default=30.0, gt=0)
 
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON lines when stderr is not a terminal
@@ -151,14 +169,14 @@ class Settings(BaseSettings):
         default_factory=lambda: ["product_service", "order_service", "clickstream_service"]
     )
     tailer_collection: str = "outbox"
-    # The tailer's own database: resume tokens (`checkpoints`) and leader leases (`leases`).
+    # The tailer's own database: resume tokens (`checkpoints`), leader leases (`leases`), its dead letters.
     tailer_state_database: str = "cdcflow_tailer"
     # Change-stream batch size and how long one getMore waits on the server for new events.
     tailer_batch_size: int = Field(default=1000, ge=1)
     tailer_max_await_ms: int = Field(default=100, ge=1)
     # Events sent to Kafka but not yet acknowledged, at most (back-pressure beyond it).
     tailer_max_in_flight: int = Field(default=20000, ge=1)
-    # Acknowledged events are marked published and checkpointed at most this often.
+    # What Kafka acknowledged is checkpointed at most this often (one small write on the tailer's database).
     tailer_commit_interval_ms: int = Field(default=100, ge=1)
     # An idle outbox still checkpoints the stream's post-batch resume token this often.
     tailer_heartbeat_seconds: float = Field(default=5.0, gt=0)
@@ -169,24 +187,25 @@ class Settings(BaseSettings):
     # How long librdkafka waits to fill a batch. At 1 ms a backlog goes out in tiny requests, and the broker and
     # librdkafka spent about 3x the CPU per event here; 5 ms adds ~4 ms to the latency of a lone event.
     tailer_linger_ms: int = Field(default=5, ge=0)
-    # While a backlog drains (its events are already late), a second producer gathers batches this long: the
-    # broker and librdkafka then spend about half the CPU per event. 0 (or not above tailer_linger_ms): off.
-    tailer_backlog_linger_ms: int = Field(default=25, ge=0)
-    # Unpublished backlog gauge refresh; Prometheus exporter port (0: no exporter).
-    tailer_backlog_interval_seconds: float = Field(default=10.0, gt=0)
+    # A catch-up scan (history lost) re-sends the events created up to this long before the newest one on Kafka:
+    # events are committed (and streamed) in commit order, which can differ from creation order by as long as a
+    # transaction may take (the driver retries a commit for up to 120 s) plus clock skew between services.
+    tailer_scan_margin_seconds: float = Field(default=300.0, ge=0)
+    # SIGTERM ends `cdcflow tail` within this long, even with Kafka or MongoDB away: what Kafka acknowledged by
+    # then is checkpointed, the rest is sent again by the next tailer.
+    tailer_stop_timeout_seconds: float = Field(default=30.0, ge=2)
+    # Prometheus exporter port of `cdcflow tail` (0: no exporter).
     tailer_metrics_port: int = Field(default=0, ge=0, le=65535)
-    # Mark forwarded events published (for the TTL index and the backlog). Off only to measure its cost.
-    tailer_mark_published: bool = True
-    # While a backlog drains, marking published and checkpointing wait up to this long for the stream to go
-    # quiet, so that reading and forwarding get the server first (0: write as soon as Kafka acknowledged).
-    tailer_mark_defer_seconds: float = Field(default=10.0, ge=0)
     # Name of this tailer in leases and logs (default: host:pid).
     tailer_instance_id: str | None = None
 
     # producers
-    # Published outbox documents expire this long after `published_at`; unpublished ones never do.
+    # Outbox documents are deleted this long after they were created, once they are on Kafka (the leading
+    # tailer prunes every `outbox_prune_interval_seconds`; what has not reached Kafka is never deleted).
     outbox_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
-    # Largest encoded event (JSON on Kafka, BSON in the outbox) a service may write.
+    outbox_prune_interval_seconds: float = Field(default=60.0, gt=0)
+    # Largest encoded event (JSON on Kafka, BSON in the outbox) a service may write; the topics cdcflow creates
+    # take records this large (`max.message.bytes`), and so do its producers and consumers.
     max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Service database names are `<prefix><name>` (tests use a unique prefix).
     service_db_prefix: str = ""
@@ -228,6 +247,25 @@ class Settings(BaseSettings):
     def as_role(self, role: Role) -> Settings:
         """These settings for a process of another role (other credentials on the local servers)."""
         return self.model_copy(update={"role": role})
+    # HTTP APIs
+    # API keys, one for the write services (product, order, clickstream), one for the read API: a key of the other
+    # kind gets 403. Unset: that API is open, and `cdcflow serve` refuses to bind it beyond loopback.
+    write_api_key: SecretStr | None = None
+    read_api_key: SecretStr | None = None
+    # How clients present a key: `Authorization: Bearer KEY` ("bearer") or `X-API-Key: KEY` ("api-key").
+    http_auth_scheme: Literal["bearer", "api-key"] = "bearer"
+    # Request bodies over this many bytes get 413 before they are read (the largest batch fits well inside).
+    http_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Deadline of one read-API query in its store (the Neo4j transaction timeout, the Cassandra request
+    # timeout): beyond it the API answers 504.
+    read_api_query_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("write_api_key", "read_api_key")
+    @classmethod
+    def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"an API key needs at least {MIN_API_KEY_LENGTH} characters")
+        return value
 
     @property
     def mongo_uri(self) -> str:

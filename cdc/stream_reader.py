@@ -50,6 +50,7 @@ class Batch:
 
     changes: list[Change]
     token: Mapping[str, Any] | None
+    cursor_id: int = 0
 
 
 Item = Change | Idle | Ended
@@ -145,7 +146,7 @@ def _batch(reply_bytes: bytes, codec_options: CodecOptions[Change]) -> Batch:
     changes = cursor.get("nextBatch")
     if changes is None:
         changes = cursor.get("firstBatch", [])
-    return Batch(changes, cursor.get("postBatchResumeToken"))
+    return Batch(changes, cursor.get("postBatchResumeToken"), int(cursor.get("id", 0)))
 
 
 class Fetcher:
@@ -159,6 +160,10 @@ class Fetcher:
         self._name = name
         self._proc: subprocess.Popen[bytes] | None = None
         self._stream: RemoteStream | None = None
+        # (database, collection, cursor id) of the stream open on the server, and one left behind by a fetcher
+        # that died: the tailer kills it (else the server keeps it, and its work, until its idle timeout).
+        self._cursor: tuple[str, str, int] | None = None
+        self.orphan: tuple[str, str, int] | None = None
         self._log = get_logger("cdc.fetcher", outbox=name)
 
     @property
@@ -239,20 +244,24 @@ class Fetcher:
             if kind == frames.ERROR:
                 _raise_error(payload)
             raise FetcherError(f"change-stream fetcher answered {kind!r} to OPEN")
-        self._stream = RemoteStream(self, _batch(payload, codec_options), codec_options)
+        first = _batch(payload, codec_options)
+        self._cursor = (database, collection, first.cursor_id) if first.cursor_id else None
+        self._stream = RemoteStream(self, first, codec_options)
         return self._stream
 
-    def close_stream(self) -> None:
-        """Tell the fetcher to stop its stream and wait for its answer, discarding what comes before it."""
+    def close_stream(self, timeout: float | None = None) -> None:
+        """Tell the fetcher to stop its stream and wait (up to `timeout`) for its answer, discarding what comes
+        before it; a fetcher that does not answer in time is stopped."""
         self._stream = None
         if self._proc is None or self._proc.poll() is not None:
             return
         try:
             self._send(frames.CLOSE)
-            deadline = time.monotonic() + self.ANSWER_SECONDS
+            deadline = time.monotonic() + (self.ANSWER_SECONDS if timeout is None else timeout)
             while (left := deadline - time.monotonic()) > 0:
                 frame = self.read(left)
                 if frame is not None and frame[0] == frames.CLOSED:
+                    self._cursor = None
                     return
         except FetcherError:
             return
@@ -261,6 +270,8 @@ class Fetcher:
 
     def _discard(self) -> None:
         """Stop the process (if it still runs) and forget it; the next open starts a new one."""
+        if self._cursor is not None:
+            self.orphan, self._cursor = self._cursor, None
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -274,8 +285,7 @@ class Fetcher:
             proc.kill()
             proc.wait(timeout=5)
 
-    def stop(self) -> None:
-        """Close the stream and let the process exit."""
-        if self._stream is not None:
-            self._stream.close()
+    def stop(self, timeout: float | None = None) -> None:
+        """Close the stream (waiting up to `timeout` for the fetcher) and let the process exit."""
+        self.close_stream(timeout)
         self._discard()

@@ -1,7 +1,7 @@
 """`cdcflow demo`: the whole pipeline end to end on the local servers, with traffic, then the read models.
 
 Servers up → services, tailer and workers as child processes → ~30 s of realistic traffic with a live
-display → wait until every outbox is published and every read model's consumer lag is 0 → print what was
+display → wait until every outbox event is on Kafka and every read model's consumer lag is 0 → print what was
 produced, forwarded and applied, and samples from each read model → stop the pipeline (and the servers).
 """
 
@@ -21,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
+from cdc.checkpoint import CheckpointStore
 from cdc.kafka import ensure_topics, group_reader, topic_offsets
 from cdc.mongo import mongo_client
 from cdc.outbox import OUTBOX_COLLECTION
@@ -49,7 +50,8 @@ class Counts:
 class DemoReport:
     """What the demo did, per stage, and the samples it showed.
 
-    `produced`: outbox inserts per service; `forwarded`: those Kafka acknowledged (marked published);
+    `produced`: outbox inserts per service; `forwarded`: those Kafka acknowledged (created no later than the
+    tailer's checkpointed watermark);
     `kafka_records`: records added per topic, which exceed `forwarded` by at-least-once duplicates (a tailer
     restart or catch-up scan re-sends, and the idempotent sinks absorb them); `applied`: records each read
     model's workers consumed and committed.
@@ -97,15 +99,19 @@ def _most_active(client: MongoClient[dict[str, Any]], service: str, event_type: 
 
 
 def _outbox_counts(settings: Settings, since: datetime) -> tuple[dict[str, int], dict[str, int]]:
-    """(events written since `since`, of those the ones marked published) per service."""
+    """(events written since `since`, of those the ones Kafka acknowledged) per service: an event is on Kafka once
+    it was created no later than the newest event the tailer checkpointed (its watermark)."""
     produced: dict[str, int] = {}
     forwarded: dict[str, int] = {}
     client = mongo_client(settings)
     try:
+        checkpoints = CheckpointStore(client[settings.tailer_state_database]["checkpoints"])
         for service, dbname in SERVICE_DATABASES.items():
             outbox = client[dbname][OUTBOX_COLLECTION]
             produced[service] = outbox.count_documents({"occurred_at": {"$gte": since}})
-            forwarded[service] = outbox.count_documents({"occurred_at": {"$gte": since}, "published": True})
+            watermark = checkpoints.load(f"{dbname}.{OUTBOX_COLLECTION}").watermark
+            forwarded[service] = 0 if watermark is None else outbox.count_documents(
+                {"occurred_at": {"$gte": since, "$lte": watermark}})
     finally:
         client.close()
     return produced, forwarded

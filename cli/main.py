@@ -12,7 +12,7 @@ from cdc.credentials import Role
 from cdc.errors import CdcError
 from cdc.logs import configure_logging
 from cdc.settings import load_settings
-from cli import replay, serve, tail, usage, worker
+from cli import dlq, replay, serve, tail, usage, worker
 from cli.infra import app as infra_app
 from infra.errors import InfraError
 
@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(infra_app, name="infra")
 
-for register in (tail.register, worker.register, replay.register, usage.register, serve.register):
+for register in (tail.register, worker.register, dlq.register, replay.register, usage.register, serve.register):
     register(app)
 
 

@@ -161,7 +161,8 @@ def replay_command(
 def resnapshot_command(
     ctx: typer.Context,
     service: Annotated[
-        str, typer.Option("--service", help="order (its event store), product or clickstream (their outboxes).")
+        str,
+        typer.Option("--service", help="order (its event store), product (its products) or clickstream (its outbox)."),
     ],
     topic: Annotated[
         str | None, typer.Option(help="Send everything to this topic instead of each event's own (staging).")
@@ -172,8 +173,11 @@ def resnapshot_command(
 
     order: every event of its `order_events` event store, per order in version order.
 
-    product, clickstream: no event store, so their outbox documents (published or not); published ones expire
-    after outbox_retention_seconds (TTL): only the events still retained come back.
+    product: its stored state, one ProductSnapshot per product at its current version (the stock view takes
+    it where it is behind, and repairs a row that differs at the same version).
+
+    clickstream: no event store, so its outbox documents (published or not); published ones expire after
+    outbox_retention_seconds (TTL): only the events still retained come back.
 
     Same key, value and headers as the tailer; sinks are idempotent, so events they already have change nothing.
     """
@@ -193,6 +197,9 @@ def resnapshot_command(
     per_topic = ", ".join(f"{t}: {n}" for t, n in sorted(report.topics.items())) or "nothing to send"
     typer.echo(f"{service}: {report.events} event(s) re-emitted from {report.database}.{report.source} "
                f"in {report.seconds:.1f}s ({per_topic}); {report.skipped} invalid document(s) skipped")
+    if report.unversioned:
+        typer.echo(f"{report.unversioned} product(s) at version 0 skipped: no event describes them yet; "
+                   "seed them to create them")
 
 
 def register(app: typer.Typer) -> None:

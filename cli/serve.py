@@ -13,6 +13,7 @@ from typing import Annotated, Any, Protocol
 import typer
 
 from cdc.credentials import Role
+from cdc.http_api import ApiKind, InsecureBindError, check_bind
 from cdc.settings import Settings
 
 APP_FACTORIES: dict[str, str] = {
@@ -62,7 +63,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         port: Annotated[int | None, typer.Option(help="Port (default: the service's port setting).")] = None,
     ) -> None:
-        """Run an example service (FastAPI, uvicorn)."""
+        """Run an example service or the read API (FastAPI, uvicorn).
+
+        Beyond loopback only with its API key configured (CDCFLOW_WRITE_API_KEY, or CDCFLOW_READ_API_KEY for
+        the read API): otherwise it refuses to start (exit code 2)."""
         import uvicorn
 
         settings: Settings = ctx.obj
@@ -72,10 +76,16 @@ def register(app: typer.Typer) -> None:
             )
         if "role" not in settings.model_fields_set:  # an explicit CDCFLOW_ROLE wins
             settings = settings.as_role(APP_ROLES[name])
+        bind = host or settings.services_host
+        try:
+            check_bind(settings, ApiKind.READ if name == "read-api" else ApiKind.WRITE, bind, name)
+        except InsecureBindError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
         application = app_factory(name)(settings)
         uvicorn.run(
             application,
-            host=host or settings.services_host,
+            host=bind,
             port=port or default_port(settings, name),
             log_config=None,
             access_log=False,
@@ -104,9 +114,18 @@ def register(app: typer.Typer) -> None:
             product=product_url or base.product,
             order=order_url or base.order,
             clickstream=clickstream_url or base.clickstream,
+            headers=base.headers,  # the write key, when one is configured
         )
         try:
             report = run_load(targets, rate, duration, seed=seed, workers=workers)
+        except httpx.HTTPStatusError as exc:
+            hint = " (is CDCFLOW_WRITE_API_KEY the services' key?)" if exc.response.status_code in (401, 403) else ""
+            typer.secho(
+                f"error: the product service refused to seed the catalogue: {exc.response.status_code}{hint}",
+                fg="red",
+                err=True,
+            )
+            raise typer.Exit(1) from None
         except httpx.HTTPError as exc:
             typer.secho(
                 f"error: cannot reach the services ({exc}); start them with `cdcflow serve NAME`",

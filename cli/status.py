@@ -1,7 +1,8 @@
 """`cdcflow status`: is the pipeline keeping up? Gathered from the stores themselves, no agent needed.
 
-- per outbox (the three service databases, with the producers' `service_db_prefix`): unpublished events and
-  the age of the oldest one;
+- per outbox (the three service databases, with the producers' `service_db_prefix`): events not yet on Kafka
+  (created after the newest one the tailer checkpointed) and the age of the oldest one, and the tailer's dead
+  letters not re-driven yet;
 - per outbox, the tailer: the leader holding the lease (and whether the lease is still live) and the age of
   the checkpoint (an idle outbox still checkpoints every `tailer_heartbeat_seconds`);
 - per read model: consumer lag of its consumer group (committed offset vs high watermark, every partition);
@@ -24,6 +25,8 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from cdc.checkpoint import CheckpointStore
+from cdc.dead_letters import DeadLetterStore
 from cdc.kafka import admin_client, broker_count, group_reader, topic_offsets
 from cdc.logs import get_logger
 from cdc.mongo import mongo_client
@@ -48,11 +51,12 @@ class OutboxStatus:
 
     service: str
     database: str
-    backlog: int | None = None  # unpublished events
-    oldest_age_seconds: float | None = None  # age of the oldest unpublished event
+    backlog: int | None = None  # events not yet on Kafka
+    oldest_age_seconds: float | None = None  # age of the oldest of them
     leader: str | None = None  # owner of the lease
     lease_live: bool = False  # the lease has not expired
     checkpoint_age_seconds: float | None = None
+    dead_letters: int = 0  # the tailer's dead letters not re-driven yet
     error: str | None = None
 
 
@@ -137,12 +141,17 @@ def verdict(
             problems.append(f"outbox {o.database}: cannot read it: {o.error}")
             continue
         if o.backlog is not None and o.backlog > thresholds.max_backlog:
-            problems.append(f"outbox {o.database}: {o.backlog} unpublished events (max {thresholds.max_backlog})")
+            problems.append(
+                f"outbox {o.database}: {o.backlog} events not yet on Kafka (max {thresholds.max_backlog})"
+            )
         if o.oldest_age_seconds is not None and o.oldest_age_seconds > thresholds.max_backlog_age_seconds:
             problems.append(
-                f"outbox {o.database}: oldest unpublished event is {_age(o.oldest_age_seconds)} old "
+                f"outbox {o.database}: oldest event not yet on Kafka is {_age(o.oldest_age_seconds)} old "
                 f"(max {_age(thresholds.max_backlog_age_seconds)})"
             )
+        if o.dead_letters:
+            warnings.append(f"outbox {o.database}: {o.dead_letters} outbox documents dead-lettered by the tailer "
+                            "(`cdcflow dlq list`)")
         if not o.lease_live:
             warnings.append(f"outbox {o.database}: no live tailer lease (is `cdcflow tail` running?)")
         elif o.checkpoint_age_seconds is not None and o.checkpoint_age_seconds > thresholds.stale_checkpoint_seconds:
@@ -211,17 +220,19 @@ def default_lag_targets() -> list[LagTarget]:
 def outbox_status(
     client: MongoClient[Document], settings: Settings, service: str, database: str, now: datetime
 ) -> OutboxStatus:
-    """Backlog of one outbox, with its tailer lease and checkpoint (3 light queries + 1 count)."""
+    """Backlog of one outbox (events created after the newest one on Kafka), with its tailer lease, checkpoint and
+    dead letters (4 light queries + 1 count)."""
     key = f"{database}.{settings.tailer_collection}"
     try:
-        count, oldest = backlog(client[database][settings.tailer_collection])
         state = client[settings.tailer_state_database]
         lease = state["leases"].find_one({"_id": key}, projection={"owner": 1, "expires_at": 1})
-        checkpoint = state["checkpoints"].find_one({"_id": key}, projection={"updated_at": 1})
+        checkpoint = CheckpointStore(state["checkpoints"]).load(key)
+        count, oldest = backlog(client[database][settings.tailer_collection], checkpoint.watermark)
+        dead = DeadLetterStore.of(settings, client).pending(key)
     except PyMongoError as exc:
         return OutboxStatus(service, database, error=_short(exc))
     expires = _aware(lease.get("expires_at")) if lease else None
-    updated = _aware(checkpoint.get("updated_at")) if checkpoint else None
+    updated = _aware(checkpoint.updated_at)
     oldest_at = _aware(oldest)
     return OutboxStatus(
         service=service,
@@ -231,6 +242,7 @@ def outbox_status(
         leader=str(lease["owner"]) if lease and lease.get("owner") else None,
         lease_live=expires is not None and expires > now,
         checkpoint_age_seconds=max(0.0, (now - updated).total_seconds()) if updated else None,
+        dead_letters=dead,
     )
 
 
@@ -338,7 +350,8 @@ def render_lines(status: Status) -> list[str]:
         age = "-" if o.oldest_age_seconds is None else _age(o.oldest_age_seconds)
         ckpt = "-" if o.checkpoint_age_seconds is None else _age(o.checkpoint_age_seconds)
         leader = (o.leader or "-") + ("" if o.lease_live else " (expired)" if o.leader else "")
-        lines.append(f"outbox {o.database}: backlog {o.backlog} oldest {age} leader {leader} checkpoint {ckpt}")
+        lines.append(f"outbox {o.database}: backlog {o.backlog} oldest {age} leader {leader} checkpoint {ckpt} "
+                     f"dead letters {o.dead_letters}")
     for rm in status.read_models:
         lag = "ERROR " + rm.error if rm.error else str(rm.lag)
         lines.append(f"read model {rm.read_model} ({rm.group} on {rm.topic}): lag {lag}")

@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
     def tail(
         ctx: typer.Context,
         reset: Annotated[
-            bool, typer.Option("--reset", help="Forget the checkpoints: restart from --from, or catch up.")
+            bool, typer.Option("--reset", help="Forget the resume tokens: restart from --from, or catch up from the "
+                                               "last event known to be on Kafka.")
         ] = False,
         from_time: Annotated[
             str | None,
@@ -50,12 +51,13 @@ def register(app: typer.Typer) -> None:
         if reset:
             start = parse_iso_time(from_time) if from_time else None
             what = (f"resume every outbox at {start.isoformat()} (events after it are sent again)"
-                    if start else "re-publish every unpublished outbox event (catch-up scan), then stream")
+                    if start else "send again every outbox event from the last one known to be on Kafka "
+                                  "(catch-up scan), then stream")
             if not yes and not typer.confirm(
                 f"Reset the tailer checkpoints of {', '.join(databases)}: {what}. Continue?"
             ):
                 raise typer.Exit(1)
-            reset_spec = Reset(start_at=timestamp_of(start) if start else None)
+            reset_spec = Reset(start_at=timestamp_of(start) if start else None, scan_from=start)
         tailer = Tailer(settings, databases, reset=reset_spec)
 
         def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -63,4 +65,5 @@ def register(app: typer.Typer) -> None:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        tailer.run()
+        # Non-zero when a thread died or the stop took longer than its bound: a supervisor restarts us.
+        raise typer.Exit(tailer.run())

@@ -132,6 +132,8 @@ def clicks_tables(data: dict[str, Any]) -> list[Any]:
         table.add_column(column)
     for v in data["views"]:
         table.add_row(str(v["ts"]), str(v["url"]), str(v["product_id"] or "-"), str(v["referrer"] or "-"))
+    if data.get("next"):
+        return [table, f"more: --after {data['next']}"]
     return [table]
 
 
@@ -153,17 +155,18 @@ def status_tables(data: dict[str, Any]) -> list[Any]:
         return "-" if value is None else format_age(value)
 
     out = Table(title="outboxes and tailer")
-    for column in ("service", "database", "backlog", "oldest", "leader", "checkpoint age"):
-        out.add_column(column, justify="right" if column in ("backlog", "oldest", "checkpoint age") else "left")
+    numbers = ("backlog", "oldest", "checkpoint age", "dead letters")
+    for column in ("service", "database", "backlog", "oldest", "leader", "checkpoint age", "dead letters"):
+        out.add_column(column, justify="right" if column in numbers else "left")
     for o in data["outboxes"]:
         if o["error"]:
-            out.add_row(o["service"], o["database"], "[red]error[/red]", "", o["error"], "")
+            out.add_row(o["service"], o["database"], "[red]error[/red]", "", o["error"], "", "")
             continue
         leader = o["leader"] or "-"
         if o["leader"] and not o["lease_live"]:
             leader += " (expired)"
         out.add_row(o["service"], o["database"], str(o["backlog"]), age(o["oldest_age_seconds"]), leader,
-                    age(o["checkpoint_age_seconds"]))
+                    age(o["checkpoint_age_seconds"]), str(o.get("dead_letters", 0)))
     lag = Table(title="read models")
     for column in ("read model", "topic", "consumer group", "lag"):
         lag.add_column(column, justify="right" if column == "lag" else "left")
@@ -241,14 +244,19 @@ def query_clicks(
     day: DayOpt = None,
     start: Annotated[str | None, typer.Option("--from", help="Window start (ISO-8601), with --to.")] = None,
     end: Annotated[str | None, typer.Option("--to", help="Window end, exclusive (ISO-8601).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Page size: how many views at most.")] = 100,
+    after: Annotated[
+        str | None, typer.Option(help="Continue after this cursor (the `next` of the previous page).")
+    ] = None,
     as_json: JsonOpt = False,
     namespace: NamespaceOpt = None,
 ) -> None:
-    """A user's page views on a day (or a window of at most 31 days), oldest first (clickstream, Cassandra)."""
+    """A user's page views on a day (or a window of at most 31 days), oldest first, a page at a time
+    (clickstream, Cassandra)."""
     from sinks import queries
 
     d, s, e = _day(day), _time(start), _time(end)
-    data = _run(ctx, namespace, lambda m: queries.clicks(m, user_id, day=d, start=s, end=e))
+    data = _run(ctx, namespace, lambda m: queries.clicks(m, user_id, day=d, start=s, end=e, limit=limit, after=after))
     _emit(data, as_json, clicks_tables)
 
 

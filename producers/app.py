@@ -2,8 +2,10 @@
 
 Each service is a FastAPI app with its own database and ONE pooled MongoClient, created in the lifespan
 hook (pool size, min pool, server-selection and wait-queue timeouts from settings) and closed on shutdown.
-Every MongoDB call of a request goes through the circuit breaker (`ServiceContext.run`). Errors are JSON
-`{"detail": reason}`: 404 / 409 / 422 for bad requests, 503 + Retry-After while MongoDB is down.
+Every MongoDB call of a request goes through the circuit breaker (`ServiceContext.run`). Errors are the one
+error body of `cdc/http_api.py` (`{"detail": reason}`): 404 / 409 / 413 / 422 for bad requests, 401 / 403
+without the write key (when one is configured), 503 + Retry-After while MongoDB is down or its pool is
+exhausted, 504 when MongoDB did not answer within `breaker_call_timeout_ms` (a slow request is not an outage).
 """
 
 from __future__ import annotations
@@ -14,20 +16,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdc.errors import EventTooLargeError, InvalidEventError
+from cdc.http_api import ApiKind, error_response, error_responses, install_error_handlers, install_guard
 from cdc.logs import get_logger
 from cdc.mongo import mongo_client
 from cdc.outbox_writer import OutboxWriter
 from cdc.services import service_database
 from cdc.settings import Settings
-from producers.breaker import BreakerHeartbeatListener, BreakerOpenError, CircuitBreaker, is_outage
+from producers.breaker import BreakerHeartbeatListener, BreakerOpenError, CircuitBreaker, Failure, classify
 
 Document = dict[str, Any]
 T = TypeVar("T")
@@ -98,7 +99,7 @@ def create_service_app(
         writer = OutboxWriter(client, db_name, max_event_bytes=settings.max_event_bytes)
         ctx = ServiceContext(name, settings, client, client.get_database(db_name), writer, breaker)
         try:
-            writer.ensure_indexes(settings.outbox_retention_seconds)
+            writer.ensure_indexes()
             setup(ctx)
             app.state.ctx = ctx
             log.info("service started", service=name, database=db_name)
@@ -109,15 +110,20 @@ def create_service_app(
             log.info("service stopped", service=name)
 
     app = FastAPI(title=f"cdcflow {name} service", lifespan=lifespan)
-    _install_error_handlers(app)
+    _install_error_handlers(app, settings)
+    install_guard(app, settings, ApiKind.WRITE)
 
-    @app.get("/health")
+    @app.get("/health", responses=error_responses(503, 504))
     def health(request: Request) -> dict[str, str]:
         ctx: ServiceContext = request.app.state.ctx
         ctx.run(lambda: ctx.client.admin.command("ping"))
         return {"status": "ok", "service": name, "database": ctx.db.name, "breaker": ctx.breaker.state.value}
 
     routes(app)
+    # Literal paths before templated ones (stable): /products/seed then /products/{product_id}. Either order
+    # serves the same requests, but a 405 names the methods of the first path that matched, and its Allow
+    # header must be the literal path's.
+    app.router.routes.sort(key=lambda route: str(getattr(route, "path", "")).count("{"))
     return app
 
 
@@ -127,56 +133,39 @@ def context(request: Request) -> ServiceContext:
     return ctx
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    install_error_handlers(app)
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": exc.reason}, status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
-            parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"detail": "; ".join(parts), "errors": _jsonable_errors(exc)}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc.status, exc.reason)
 
     @app.exception_handler(EventTooLargeError)
     async def _too_large(request: Request, exc: EventTooLargeError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=413)
+        return error_response(413, str(exc))
 
     @app.exception_handler(InvalidEventError)
     async def _invalid_event(request: Request, exc: InvalidEventError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return error_response(422, str(exc))
 
     @app.exception_handler(BreakerOpenError)
     async def _breaker_open(request: Request, exc: BreakerOpenError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": f"{exc.reason}: circuit breaker open, retry later"},
-            status_code=503,
-            headers={"Retry-After": exc.retry_after_header},
+        return error_response(
+            503, f"{exc.reason}: circuit breaker open, retry later", headers={"Retry-After": exc.retry_after_header}
         )
 
     @app.exception_handler(PyMongoError)
     async def _mongo(request: Request, exc: PyMongoError) -> JSONResponse:
-        if is_outage(exc):
-            return JSONResponse(
-                {"detail": "MongoDB unavailable"}, status_code=503, headers={"Retry-After": "1"}
+        # The driver's text names hosts and users: it goes to the log, never into the body.
+        kind = classify(exc)
+        log.warning("mongodb error", path=request.url.path, kind=kind.value, error=str(exc)[:500])
+        if kind is Failure.OUTAGE:
+            return error_response(503, "MongoDB unavailable", headers={"Retry-After": "1"})
+        if kind is Failure.BUSY:
+            return error_response(503, "too many requests waiting for MongoDB, retry", headers={"Retry-After": "1"})
+        if kind is Failure.SLOW:
+            limit = settings.breaker_call_timeout_ms / 1000
+            return error_response(
+                504, f"MongoDB did not answer within {limit:g} s; the request may or may not have taken effect"
             )
-        if exc.timeout:
-            return JSONResponse(
-                {"detail": "MongoDB did not answer in time, retry"},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
-        log.error("unexpected MongoDB error", path=request.url.path, error=str(exc)[:500])
-        return JSONResponse({"detail": "Database error"}, status_code=500)
-
-
-def _jsonable_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    return [
-        {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))} for err in exc.errors()
-    ]
+        return error_response(500, "database error")

@@ -6,10 +6,12 @@ open      -> calls fail at once with BreakerOpenError (the service answers 503 +
              `reset_seconds` have passed.
 half-open -> exactly one trial call goes through; success closes the breaker, failure opens it again.
 
-Only failures that mean "the server is unreachable" count (pymongo's ConnectionFailure family:
-AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError, WaitQueueTimeoutError). A slow call under
-contention (a server-side time limit) is not an outage, and business errors such as a duplicate key are
-successes for the breaker.
+Only outages count: no server could be selected (ServerSelectionTimeoutError) or a connection was refused,
+reset or closed (the rest of pymongo's ConnectionFailure family). A slow call is not an outage: a request that
+ran out of its time (NetworkTimeout under `call_timeout`, a server-side time limit) or that waited too long
+for a pooled connection (WaitQueueTimeoutError, the pool is busy) gets its own 504 / 503 and leaves the breaker
+as it was; a server that really hangs is caught by the driver's failed heartbeats. Business errors such as a
+duplicate key are successes for the breaker.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from typing import TypeVar
 
 import pymongo
 from pymongo import monitoring
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import (
+    ConnectionFailure,
+    NetworkTimeout,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WaitQueueTimeoutError,
+)
 
 from cdc.logs import get_logger
 
@@ -52,9 +60,33 @@ class BreakerOpenError(Exception):
         return str(max(1, math.ceil(self.retry_after)))
 
 
+class Failure(enum.StrEnum):
+    """What a MongoDB error says about the server."""
+
+    OUTAGE = "outage"  # unreachable: counts towards opening the breaker
+    BUSY = "busy"  # no pooled connection free in time: the server is up, the service is saturated
+    SLOW = "slow"  # the call ran out of time: the server is up, this request was slow
+    OTHER = "other"  # an answer from the server (a business or a programming error)
+
+
+def classify(exc: BaseException) -> Failure:
+    """Which kind of failure `exc` is (see the module docstring)."""
+    if isinstance(exc, ServerSelectionTimeoutError):
+        return Failure.OUTAGE
+    if isinstance(exc, WaitQueueTimeoutError):
+        return Failure.BUSY
+    if isinstance(exc, NetworkTimeout):
+        return Failure.SLOW
+    if isinstance(exc, ConnectionFailure):
+        return Failure.OUTAGE
+    if isinstance(exc, PyMongoError) and exc.timeout:
+        return Failure.SLOW
+    return Failure.OTHER
+
+
 def is_outage(exc: BaseException) -> bool:
-    """True for errors that mean MongoDB is unreachable (not a business error)."""
-    return isinstance(exc, ConnectionFailure)
+    """True for errors that mean MongoDB is unreachable (not slow, not a business error)."""
+    return classify(exc) is Failure.OUTAGE
 
 
 class CircuitBreaker:

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI
@@ -13,11 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pymongo.client_session import ClientSession
 
 from cdc.event import Event, utcnow
+from cdc.http_api import IsoDateTime, error_responses
+from cdc.limits import MAX_ID_LENGTH, MAX_TEXT_LENGTH
 from cdc.logs import get_logger
 from cdc.outbox_writer import OutboxWriter
 from cdc.schemas import TOPIC_CLICKSTREAM, PageViewed, payload_json
 from cdc.settings import Settings
 from producers.app import ServiceContext, context, create_service_app
+from producers.bounds import MAX_CLOCK_SKEW_SECONDS
+
+#: What the page-view routes can answer besides 201.
+ERRORS = error_responses(400, 401, 403, 413, 422, 503, 504)
 
 SERVICE = "clickstream"
 SOURCE = "clickstream-service"
@@ -33,24 +39,34 @@ class PageViewIn(BaseModel):
     """One page view as a client reports it; `timestamp` defaults to now (naive times are UTC)."""
 
     model_config = ConfigDict(extra="forbid")
-    user_id: str = Field(min_length=1, max_length=200)
-    url: str = Field(min_length=1, max_length=2000)
-    product_id: str | None = Field(default=None, min_length=1, max_length=200)
-    referrer: str | None = Field(default=None, max_length=2000)
-    timestamp: datetime | None = None
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    url: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH)
+    product_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
+    referrer: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
+    timestamp: IsoDateTime | None = Field(
+        default=None, description="When the page was viewed (default: now); at most a day in the future."
+    )
 
     @field_validator("timestamp")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        try:
+            when = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable UTC time
+            raise ValueError("out of the representable range once converted to UTC") from None
+        if when > datetime.now(UTC) + timedelta(seconds=MAX_CLOCK_SKEW_SECONDS):
+            # The clickstream keeps a view for a retention period after it happened: a far-future view could
+            # never be stored, so it is refused here rather than dead-lettered downstream.
+            raise ValueError("more than a day in the future")
+        return when
 
 
 def page_view_event(view: PageViewIn, trace_id: str | None = None) -> Event:
     """The PageViewed event of one page view."""
     when = view.timestamp or utcnow()
-    payload = PageViewed(
+    payload = PageViewed.build(
         user_id=view.user_id, url=view.url, product_id=view.product_id, referrer=view.referrer, timestamp=when
     )
     return Event.create(
@@ -95,12 +111,12 @@ def _setup(ctx: ServiceContext) -> None:
 
 
 def _routes(app: FastAPI) -> None:
-    @app.post("/pageviews", status_code=201)
+    @app.post("/pageviews", status_code=201, responses=ERRORS)
     def page_view(view: PageViewIn, ctx: ServiceContext = Depends(context)) -> dict[str, Any]:
         ids = ctx.run(lambda: record_page_views(ctx.writer, [view]))
         return {"event_id": ids[0]}
 
-    @app.post("/pageviews/batch", status_code=201)
+    @app.post("/pageviews/batch", status_code=201, responses=ERRORS)
     def page_views(
         views: Annotated[list[PageViewIn], Body(min_length=1, max_length=MAX_BATCH)],
         ctx: ServiceContext = Depends(context),

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from cdc.http_api import ApiKind, auth_headers
 from cdc.logs import get_logger
 from cdc.settings import Settings
 
@@ -30,19 +31,23 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class Targets:
-    """Base URLs of the services."""
+    """Base URLs of the services, and the headers every request carries (the write key, when configured)."""
 
     product: str
     order: str
     clickstream: str
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # holds the key: never printed
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Targets:
         host = settings.services_host
+        if host in ("0.0.0.0", "::"):  # listening everywhere: reach it on loopback
+            host = "127.0.0.1"
         return cls(
             product=f"http://{host}:{settings.product_port}",
             order=f"http://{host}:{settings.order_port}",
             clickstream=f"http://{host}:{settings.clickstream_port}",
+            headers=auth_headers(settings, ApiKind.WRITE),
         )
 
 
@@ -136,7 +141,9 @@ class LoadGenerator:
         self.mix = mix or Mix()
         self.rng = random.Random(seed)
         self.workers = workers
-        self.http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=workers * 3))
+        self.http = httpx.Client(
+            timeout=timeout, limits=httpx.Limits(max_connections=workers * 3), headers=targets.headers
+        )
         self._lock = threading.Lock()
         self._pending: list[tuple[float, int, Action]] = []  # (due, seq, action) heap of follow-ups
         self._seq = itertools.count()
@@ -273,12 +280,16 @@ class LoadGenerator:
 
     # -- running ----------------------------------------------------------------------------------------
 
-    def seed_catalogue(self, stock: int = 1_000_000) -> None:
-        """Make sure the products the visitors buy exist, with plenty of stock."""
+    def seed_catalogue(self, stock: int = 1_000_000) -> dict[str, int]:
+        """Make sure the products the visitors buy exist, with `stock` each; returns the service's answer
+        (products created, updated, restocked, unchanged and the events that wrote it)."""
         r = self.http.post(
             f"{self.targets.product}/products/seed", params={"count": self.mix.products, "stock": stock}
         )
         r.raise_for_status()
+        seeded: dict[str, int] = r.json()
+        log.info("catalogue seeded", **seeded)
+        return seeded
 
     def run(self, rate: float, duration: float) -> LoadReport:
         """Send about `rate` requests per second for `duration` seconds; wait for in-flight ones."""

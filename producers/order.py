@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import time
 import uuid
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymongo import ASCENDING, IndexModel
 from pymongo.client_session import ClientSession
 from pymongo.errors import DuplicateKeyError
 
 from cdc.event import Event
+from cdc.http_api import error_responses
+from cdc.limits import MAX_ID_LENGTH
 from cdc.logs import get_logger
 from cdc.outbox_writer import OutboxWriter
 from cdc.schemas import TOPIC_ORDERS, OrderItem, payload_json
 from cdc.settings import Settings
 from producers.app import ServiceContext, ServiceError, conflict, context, create_service_app, not_found
+from producers.bounds import MAX_AMOUNT, MAX_QUANTITY
 from producers.order_state import (
     CancelOrder,
     Command,
@@ -47,7 +51,7 @@ EVENTS = "order_events"
 SNAPSHOTS = "order_snapshots"
 
 Document = dict[str, Any]
-OrderId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
+OrderId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 log = get_logger(__name__)
 
@@ -162,12 +166,35 @@ class OrderStore:
 # -- HTTP -----------------------------------------------------------------------------------------------
 
 
-class CreateOrderIn(BaseModel):
+class OrderItemIn(BaseModel):
+    """One line of a new order."""
+
     model_config = ConfigDict(extra="forbid")
-    order_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
-    customer_id: str = Field(min_length=1, max_length=200)
-    items: list[OrderItem] = Field(min_length=1, max_length=500)
+    product_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    quantity: int = Field(gt=0, le=MAX_QUANTITY)
+    unit_price: Decimal = Field(ge=0, le=MAX_AMOUNT, max_digits=12, decimal_places=2)
+
+
+class CreateOrderIn(BaseModel):
+    """A new order; its total (the sum of quantity x unit price) may not exceed MAX_AMOUNT."""
+
+    model_config = ConfigDict(extra="forbid")
+    order_id: str | None = Field(
+        default=None, min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[A-Za-z0-9._:-]+$"
+    )
+    customer_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    items: list[OrderItemIn] = Field(min_length=1, max_length=500)
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+
+    @model_validator(mode="after")
+    def _total_fits(self) -> CreateOrderIn:
+        total = sum((item.unit_price * item.quantity for item in self.items), Decimal(0))
+        if total > MAX_AMOUNT:
+            raise ValueError(f"the order total {total} is over the largest amount an order may have ({MAX_AMOUNT})")
+        return self
+
+    def order_items(self) -> list[OrderItem]:
+        return [OrderItem(**item.model_dump()) for item in self.items]
 
 
 def _store(ctx: ServiceContext) -> OrderStore:
@@ -193,21 +220,36 @@ def _setup(ctx: ServiceContext) -> None:
     _store(ctx).ensure_indexes()
 
 
+#: Operations that take a new order's id (OpenAPI links, so clients and fuzzers can follow a created order).
+ORDER_LINKS = {
+    "GetOrder": "get_order_orders__order_id__get",
+    **{f"{step.title()}Order": f"{step}_orders__order_id__{step}_post"
+       for step in ("pay", "ship", "deliver", "refund", "cancel")},
+}
+
+#: What a lifecycle step can answer besides 200: no such order (404), not allowed now (409), bad body.
+STEP_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 503, 504)
+
+
 def _routes(app: FastAPI) -> None:
-    @app.post("/orders", status_code=201)
+    @app.post("/orders", status_code=201, responses={**error_responses(400, 401, 403, 409, 413, 422, 503, 504), 201: {
+        "description": "The new order",
+        "links": {name: {"operationId": operation, "parameters": {"order_id": "$response.body#/order_id"}}
+                  for name, operation in ORDER_LINKS.items()},
+    }})
     def create_order(body: CreateOrderIn, ctx: ServiceContext = Depends(context)) -> dict[str, Any]:
         order_id = body.order_id or str(uuid.uuid4())
-        command = CreateOrder(customer_id=body.customer_id, items=body.items, currency=body.currency)
+        command = CreateOrder(customer_id=body.customer_id, items=body.order_items(), currency=body.currency)
         return _run(ctx, order_id, command)
 
-    @app.get("/orders/{order_id}")
+    @app.get("/orders/{order_id}", responses=error_responses(401, 403, 404, 422, 503, 504))
     def get_order(order_id: OrderId, ctx: ServiceContext = Depends(context)) -> dict[str, Any]:
         state = ctx.run(lambda: _store(ctx).load(order_id))
         if state.version == 0:
             raise not_found(f"Order {order_id} not found")
         return state.to_document()
 
-    @app.post("/orders/{order_id}/pay")
+    @app.post("/orders/{order_id}/pay", responses=STEP_ERRORS)
     def pay(
         order_id: OrderId,
         body: Annotated[ConfirmPayment | None, Body()] = None,
@@ -215,7 +257,7 @@ def _routes(app: FastAPI) -> None:
     ) -> dict[str, Any]:
         return _run(ctx, order_id, body or ConfirmPayment())
 
-    @app.post("/orders/{order_id}/ship")
+    @app.post("/orders/{order_id}/ship", responses=STEP_ERRORS)
     def ship(
         order_id: OrderId,
         body: Annotated[ShipOrder | None, Body()] = None,
@@ -223,11 +265,11 @@ def _routes(app: FastAPI) -> None:
     ) -> dict[str, Any]:
         return _run(ctx, order_id, body or ShipOrder())
 
-    @app.post("/orders/{order_id}/deliver")
+    @app.post("/orders/{order_id}/deliver", responses=error_responses(401, 403, 404, 409, 422, 503, 504))
     def deliver(order_id: OrderId, ctx: ServiceContext = Depends(context)) -> dict[str, Any]:
         return _run(ctx, order_id, DeliverOrder())
 
-    @app.post("/orders/{order_id}/refund")
+    @app.post("/orders/{order_id}/refund", responses=STEP_ERRORS)
     def refund(
         order_id: OrderId,
         body: Annotated[RefundOrder | None, Body()] = None,
@@ -235,7 +277,7 @@ def _routes(app: FastAPI) -> None:
     ) -> dict[str, Any]:
         return _run(ctx, order_id, body or RefundOrder())
 
-    @app.post("/orders/{order_id}/cancel")
+    @app.post("/orders/{order_id}/cancel", responses=STEP_ERRORS)
     def cancel(
         order_id: OrderId,
         body: Annotated[CancelOrder | None, Body()] = None,

@@ -210,7 +210,7 @@ def decide(state: OrderState, command: Command) -> tuple[str, OrderPayload]:
     if isinstance(command, CreateOrder):
         if status is not OrderStatus.NEW:
             raise TransitionError(f"Order {oid} already exists")
-        return "OrderCreated", OrderCreated(
+        return "OrderCreated", OrderCreated.build(
             order_id=oid,
             customer_id=command.customer_id,
             items=command.items,
@@ -227,7 +227,7 @@ def decide(state: OrderState, command: Command) -> tuple[str, OrderPayload]:
         amount = command.amount if command.amount is not None else state.total
         if amount != state.total:
             raise TransitionError(f"Payment amount {amount} does not match the order total {state.total}")
-        return "PaymentConfirmed", PaymentConfirmed(
+        return "PaymentConfirmed", PaymentConfirmed.build(
             order_id=oid, amount=amount, payment_id=command.payment_id
         )
     if isinstance(command, ShipOrder):
@@ -235,7 +235,7 @@ def decide(state: OrderState, command: Command) -> tuple[str, OrderPayload]:
             raise TransitionError("Cannot ship an order before payment")
         if status is not OrderStatus.PAID:
             raise TransitionError(f"Cannot ship an order that is {status.value.lower()}")
-        return "OrderShipped", OrderShipped(
+        return "OrderShipped", OrderShipped.build(
             order_id=oid,
             carrier=command.carrier,
             tracking_number=command.tracking_number or f"TRK-{oid[:12]}",
@@ -243,7 +243,7 @@ def decide(state: OrderState, command: Command) -> tuple[str, OrderPayload]:
     if isinstance(command, DeliverOrder):
         if status is not OrderStatus.SHIPPED:
             raise TransitionError(f"Cannot deliver an order that is {status.value.lower()} (not shipped)")
-        return "OrderDelivered", OrderDelivered(order_id=oid)
+        return "OrderDelivered", OrderDelivered.build(order_id=oid)
     if isinstance(command, RefundOrder):
         if status is OrderStatus.REFUNDED:
             raise TransitionError("Order already refunded")
@@ -253,11 +253,11 @@ def decide(state: OrderState, command: Command) -> tuple[str, OrderPayload]:
         amount = command.amount if command.amount is not None else remaining
         if amount > remaining:
             raise TransitionError(f"Refund {amount} exceeds the refundable amount {remaining}")
-        return "OrderRefunded", OrderRefunded(order_id=oid, amount=amount, reason=command.reason)
+        return "OrderRefunded", OrderRefunded.build(order_id=oid, amount=amount, reason=command.reason)
     if isinstance(command, CancelOrder):
         if status in (OrderStatus.CANCELLED, OrderStatus.REFUNDED):
             raise TransitionError(f"Order already {status.value.lower()}")
         if status not in (OrderStatus.CREATED, OrderStatus.PAID):
             raise TransitionError(f"Cannot cancel an order that is {status.value.lower()}")
-        return "OrderCancelled", OrderCancelled(order_id=oid, reason=command.reason)
+        return "OrderCancelled", OrderCancelled.build(order_id=oid, reason=command.reason)
     raise TypeError(f"unknown command {type(command).__name__}")

@@ -5,7 +5,17 @@ them idempotently: a batch written twice, or an older event written after a newe
 
 Errors decide what the caller does next:
 - `TransientSinkError`: the store is unreachable or overloaded; retry the same batch later (with backoff).
-- `PermanentSinkError`: this input can never be written (the store rejects it); dead-letter it and go on.
+  `SinkRefusedError`, a kind of it: the store refuses *us* (credentials, permissions, read-only): a property of
+  our configuration, not of the event, so it is retried too (and reported as such).
+- `PermanentSinkError`: this input can never be written (the store rejects its *data*: out of range, too long,
+  a constraint); dead-letter it and go on. Only errors that depend on the event's data are permanent: an error
+  that would hit every event alike (a bug, a missing table) is transient, so good events are never dead-lettered.
+
+Holds: a read model folded from versioned events depends on their order. When the caller dead-letters one of an
+aggregate's events it calls `hold()`; until that very event is written (re-driven after a fix), the sink keeps
+the aggregate's later events aside ("parked", in its own store) and applies them right after it, so a re-driven
+event still takes effect instead of being dropped as stale. Sinks whose result does not depend on event order
+(the clickstream) hold nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cdc.event import Event
@@ -26,12 +37,30 @@ class TransientSinkError(SinkError):
     """The write may succeed later (server down, timeout, deadlock): retry it."""
 
 
+class SinkTimeoutError(TransientSinkError):
+    """A query ran past its deadline (the store is up, the query was too slow): the read API answers 504."""
+
+
+class SinkRefusedError(TransientSinkError):
+    """The store refuses us (authentication, authorization, read-only): retry, and say so."""
+
+
 class PermanentSinkError(SinkError):
     """The write can never succeed for this input: dead-letter it."""
 
     def __init__(self, message: str, event_id: str | None = None) -> None:
         super().__init__(message)
         self.event_id = event_id
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A dead-lettered event of an aggregate: the aggregate's later events wait until it is written."""
+
+    aggregate_id: str
+    event_id: str
+    version: int
+    reason: str
 
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
@@ -65,6 +94,16 @@ class Sink(abc.ABC):
     def write(self, batch: Sequence[Event]) -> None:
         """Apply `batch` (validated events, per-aggregate order kept) idempotently, all or nothing per call
         where the store allows; raise TransientSinkError or PermanentSinkError."""
+
+    def hold(self, holds: Sequence[Hold]) -> None:
+        """Keep back each hold's aggregate's later events until the held event itself is written (idempotent).
+
+        The default holds nothing: for a read model whose result does not depend on the order of events."""
+        return None
+
+    def holds(self) -> list[dict[str, Any]]:
+        """The aggregates held back now: aggregate_id, event_id, version, reason, parked (events waiting)."""
+        return []
 
     @abc.abstractmethod
     def close(self) -> None:

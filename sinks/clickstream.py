@@ -11,10 +11,13 @@ view gets the same expiry (and a view already past retention is not written at a
 from __future__ import annotations
 
 import contextlib
+import heapq
+import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -22,7 +25,8 @@ from cassandra import (
     AuthenticationFailed,
     DriverException,
     InvalidRequest,
-    RequestValidationException,
+    OperationTimedOut,
+    ReadTimeout,
     Unauthorized,
 )
 from cassandra.cluster import NoHostAvailable, Session
@@ -35,13 +39,16 @@ from cdc.event import Event
 from cdc.logs import get_logger
 from cdc.schemas import PageViewed, parse_payload
 from cdc.settings import Settings
-from sinks.base import PermanentSinkError, Sink, TransientSinkError
+from sinks.base import PermanentSinkError, Sink, SinkError, SinkRefusedError, SinkTimeoutError, TransientSinkError
 from sinks.pointers import POINTER_TTL_SECONDS, cassandra_pointer, clear_cassandra_pointer
 
 log = get_logger(__name__)
 
 #: Concurrent async writes in flight per batch.
 CONCURRENCY = 64
+
+#: Where a page of views ends: the last view's (ts, event_id); the next page starts after it.
+ViewKey = tuple[datetime, str]
 
 
 @dataclass(frozen=True)
@@ -85,14 +92,35 @@ def ttl_seconds(ts: datetime, retention_days: int, now: datetime | None = None) 
     return int((ts + timedelta(days=retention_days) - now).total_seconds())
 
 
-def classify_cassandra_error(exc: BaseException) -> Exception:
-    """Validation errors (bad query/data) are permanent; everything else (unavailable, timeouts, and the store
-    refusing our user: permissions, credentials) transient."""
-    if isinstance(exc, Unauthorized | AuthenticationFailed):
-        return TransientSinkError(f"cassandra refused cdcflow's user: {exc}")
-    if isinstance(exc, RequestValidationException):
+#: Longest TTL Cassandra takes (20 years).
+MAX_TTL_SECONDS = 630_720_000
+#: Longest key component Cassandra takes (user and product ids are partition and clustering keys).
+MAX_KEY_BYTES = 65535
+
+# InvalidRequest words that mean our schema is missing (dropped meanwhile): set up again and retry.
+_MISSING_SCHEMA = ("unconfigured table", "does not exist")
+
+
+def classify_cassandra_error(exc: BaseException) -> SinkError:
+    """Refusals (Unauthorized, failed authentication) and anything that would hit every event are retried;
+    a request Cassandra rejects for its data (InvalidRequest: a key too long, a TTL out of range) and a value the
+    driver cannot encode are permanent."""
+    name = type(exc).__name__
+    if isinstance(exc, Unauthorized | AuthenticationFailed) or _auth_failure(exc):
+        return SinkRefusedError(f"cassandra refuses us ({name}): {exc}")
+    if isinstance(exc, InvalidRequest) and not any(words in str(exc) for words in _MISSING_SCHEMA):
         return PermanentSinkError(f"cassandra rejected the write: {exc}")
-    return TransientSinkError(f"cassandra unavailable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, UnicodeError | OverflowError | struct.error):  # a value the driver cannot encode
+        return PermanentSinkError(f"cassandra cannot take the data: {name}: {exc}")
+    return TransientSinkError(f"cassandra unavailable: {name}: {exc}")
+
+
+def _auth_failure(exc: BaseException) -> bool:
+    """NoHostAvailable whose every host failed authentication."""
+    errors = getattr(exc, "errors", None)
+    if not isinstance(exc, NoHostAvailable) or not isinstance(errors, dict) or not errors:
+        return False
+    return all(isinstance(e, AuthenticationFailed) for e in errors.values())
 
 
 class ClickstreamSink(Sink):
@@ -120,7 +148,7 @@ class ClickstreamSink(Sink):
             try:
                 self._session = cassandra_session(self.settings)
             except (NoHostAvailable, DriverException, OSError) as exc:
-                raise TransientSinkError(f"cassandra unreachable: {exc}") from exc
+                raise classify_cassandra_error(exc) from exc
         return self._session
 
     def close(self) -> None:
@@ -150,23 +178,6 @@ class ClickstreamSink(Sink):
         session = self._connect()
         try:
             return session.execute(query, params)
-        except Exception as exc:
-            err = classify_cassandra_error(exc)
-            if isinstance(err, TransientSinkError):
-                self.close()
-            raise err from exc
-
-    def _read(self, query: str, params: Sequence[Any] | None = None) -> list[Any]:
-        """Rows of a read (read consistency); none when no worker created the keyspace or table yet (readers
-        do no DDL)."""
-        session = self._connect()
-        try:
-            return list(session.execute(query, params, execution_profile=CASSANDRA_READ_PROFILE))
-        except InvalidRequest as exc:
-            text = str(exc)
-            if "does not exist" in text or "unconfigured table" in text:
-                return []
-            raise classify_cassandra_error(exc) from exc
         except Exception as exc:
             err = classify_cassandra_error(exc)
             if isinstance(err, TransientSinkError):
@@ -236,15 +247,25 @@ class ClickstreamSink(Sink):
         if not batch:
             return
         views: list[PageView] = []
+        now = datetime.now(UTC)
         for event in batch:
             try:
                 views.append(page_view_of(event))
             except InvalidEventError as exc:
                 raise PermanentSinkError(str(exc), event_id=event.event_id) from exc
+            except (OverflowError, ValueError) as exc:  # a time at the edge of the calendar, in UTC
+                raise PermanentSinkError(f"page view time out of range: {exc}", event_id=event.event_id) from exc
+            # Refused before any statement: one view is three inserts, and Cassandra would take some of them.
+            for key in (views[-1].user_id, views[-1].product_id or ""):
+                if len(key.encode()) > MAX_KEY_BYTES:
+                    raise PermanentSinkError(f"id is longer than a Cassandra key may be: {len(key.encode())} bytes "
+                                             f"(at most {MAX_KEY_BYTES})", event_id=event.event_id)
+            if ttl_seconds(views[-1].ts, self.ttl_days, now) > MAX_TTL_SECONDS:
+                raise PermanentSinkError(f"page view at {views[-1].ts.isoformat()} is too far ahead to keep: its "
+                                         f"ttl would exceed Cassandra's {MAX_TTL_SECONDS} s", event_id=event.event_id)
         self.keyspace()  # follow a swap (re-prepares when the keyspace changed)
         insert_user, insert_product, insert_visitor = self._prepare()
         session = self._connect()
-        now = datetime.now(UTC)
         statements: list[tuple[PreparedStatement, tuple[Any, ...]]] = []
         owners: list[str] = []
         for v in views:
@@ -282,47 +303,96 @@ class ClickstreamSink(Sink):
 
     # -- reads ----------------------------------------------------------------------------------------
 
+    def _query(self, query: str, params: Sequence[Any] | None = None) -> Iterable[Any]:
+        """Rows of a read at the read consistency, bounded by `read_api_query_timeout_seconds` (past it:
+        SinkTimeoutError); none when no worker created the keyspace or table yet (readers do no DDL)."""
+        session = self._connect()
+        try:
+            return session.execute(  # type: ignore[no-any-return]
+                query, params, timeout=self.settings.read_api_query_timeout_seconds,
+                execution_profile=CASSANDRA_READ_PROFILE,
+            )
+        except (OperationTimedOut, ReadTimeout) as exc:
+            # The store is up and the session stays: only this query was too slow.
+            raise SinkTimeoutError("cassandra did not answer the query in time") from exc
+        except InvalidRequest as exc:
+            if any(words in str(exc) for words in _MISSING_SCHEMA):
+                return []
+            raise classify_cassandra_error(exc) from exc
+        except Exception as exc:
+            err = classify_cassandra_error(exc)
+            if isinstance(err, TransientSinkError):
+                self.close()
+            raise err from exc
+
     def has_visitor(self, user_id: str) -> bool:
         """True when `user_id` has a page view within retention."""
-        rows = self._read(f"SELECT user_id FROM {self.keyspace()}.visitors WHERE user_id = %s", (user_id,))
-        return bool(rows)
+        rows = self._query(f"SELECT user_id FROM {self.keyspace()}.visitors WHERE user_id = %s", (user_id,))
+        return next(iter(rows), None) is not None
 
     def views(self, user_id: str, day: date) -> list[PageView]:
         """A user's page views on `day`, oldest first."""
-        rows = self._read(
+        rows = self._query(
             f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
             f"FROM {self.keyspace()}.page_views_by_user_day WHERE user_id = %s AND day = %s",
             (user_id, day),
         )
         return [_view(r) for r in rows]
 
-    def views_between(self, user_id: str, start: datetime, end: datetime) -> list[PageView]:
-        """A user's page views with start <= ts < end (one partition per day), oldest first."""
+    def views_between(
+        self, user_id: str, start: datetime, end: datetime, *, after: ViewKey | None = None, limit: int | None = None
+    ) -> list[PageView]:
+        """A user's page views with start <= ts < end, oldest first (one partition per day): those after the
+        view `after` (a page's last (ts, event_id)) when given, and at most `limit` of them."""
         out: list[PageView] = []
         start, end = start.astimezone(UTC), end.astimezone(UTC)
-        day = start.date()
-        while day <= end.date():
-            out.extend(v for v in self.views(user_id, day) if start <= v.ts < end)
+        if after is not None and after[0] < start:
+            after = None
+        day = (after[0] if after is not None else start).date()
+        while datetime.combine(day, dt_time.min, UTC) < end and (limit is None or len(out) < limit):
+            out.extend(self._views_of_day(user_id, day, start, end, after, None if limit is None else limit - len(out)))
             day += timedelta(days=1)
         return out
 
+    def _views_of_day(
+        self, user_id: str, day: date, start: datetime, end: datetime, after: ViewKey | None, limit: int | None
+    ) -> list[PageView]:
+        # Cassandra allows no mix of single- and multi-column relations on clustering columns: all multi-column.
+        lower, params = "(ts) >= (%s)", [user_id, day, start]
+        if after is not None:
+            lower, params = "(ts, event_id) > (%s, %s)", [user_id, day, after[0], UUID(after[1])]
+        query = (
+            f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
+            f"FROM {self.keyspace()}.page_views_by_user_day WHERE user_id = %s AND day = %s AND {lower} AND (ts) < (%s)"
+        )
+        params.append(end)
+        if limit is not None:
+            query += " LIMIT %s"
+            params.append(limit)
+        return [_view(r) for r in self._query(query, params)]
+
     def top_products(self, day: date, limit: int = 10) -> list[tuple[str, int]]:
-        """Most viewed products on `day` as (product_id, views), most viewed first."""
-        rows = self._read(
+        """Most viewed products on `day` as (product_id, views), most viewed first.
+
+        The store counts per product; only the `limit` best are kept while the driver pages through the counts,
+        so memory stays bounded however many products were viewed that day."""
+        rows = self._query(
             f"SELECT product_id, count(*) AS n FROM {self.keyspace()}.product_views_by_day "
             "WHERE day = %s GROUP BY product_id",
             (day,),
         )
-        counts = [(r.product_id, int(r.n)) for r in rows]
-        counts.sort(key=lambda pc: (-pc[1], pc[0]))
-        return counts[:limit]
+        try:
+            best = heapq.nsmallest(limit, ((-int(r.n), r.product_id) for r in rows))
+        except (OperationTimedOut, ReadTimeout) as exc:  # a later page of the counts timed out
+            raise SinkTimeoutError("cassandra did not answer the query in time") from exc
+        return [(product, -negative) for negative, product in best]
 
     def snapshot(self) -> dict[str, list[Any]]:
-        users = self._read(
+        users = self._query(
             f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
             f"FROM {self.keyspace()}.page_views_by_user_day"
         )
-        products = self._read(
+        products = self._query(
             f"SELECT day, product_id, event_id, user_id, ts FROM {self.keyspace()}.product_views_by_day"
         )
         return {

@@ -103,7 +103,7 @@ def _noop() -> None:
 def _swap_postgres(settings: Settings, live: Sink, shadow: Sink) -> Swap:
     assert isinstance(live, PostgresFoldSink)
     retired = f"{live.namespace}_retired_{uuid.uuid4().hex[:8]}"
-    tables = [live.table, f"{live.table}_processed"]
+    tables = live.tables
     with postgres_connect(settings, autocommit=True) as conn, conn.transaction():
         conn.execute("SET LOCAL lock_timeout = '60s'")
         # the same lock as PostgresFoldSink.setup(): no setup of the live schema runs meanwhile
@@ -130,15 +130,14 @@ def _swap_postgres(settings: Settings, live: Sink, shadow: Sink) -> Swap:
 def _swap_neo4j(settings: Settings, live: Sink, shadow: Sink) -> Swap:
     assert isinstance(live, PurchaseGraphSink) and isinstance(shadow, PurchaseGraphSink)
     live.setup()  # the live constraints must exist (schema changes cannot share the data transaction)
-    lc, lp, lr = live.customer, live.product, live.purchased
-    sc, sp, sr = shadow.customer, shadow.product, shadow.purchased
+    lr, sr = live.purchased, shadow.purchased
     # Names are ours (validated namespaces), never user input: labels cannot be query parameters.
+    labels = [(live.customer, shadow.customer), (live.product, shadow.product), (live.held, shadow.held),
+              (live.parked, shadow.parked)]
     statements = [
-        f"MATCH (n) WHERE n:`{lc}` OR n:`{lp}` DETACH DELETE n",
+        "MATCH (n) WHERE " + " OR ".join(f"n:`{lab}`" for lab, _ in labels) + " DETACH DELETE n",
         f"MATCH (a)-[r:`{sr}`]->(b) CREATE (a)-[n:`{lr}`]->(b) SET n = properties(r) DELETE r",
-        f"MATCH (n:`{sc}`) REMOVE n:`{sc}` SET n:`{lc}`",
-        f"MATCH (n:`{sp}`) REMOVE n:`{sp}` SET n:`{lp}`",
-    ]
+    ] + [f"MATCH (n:`{s}`) REMOVE n:`{s}` SET n:`{lab}`" for lab, s in labels]
 
     def work(tx: ManagedTransaction) -> None:
         for text in statements:

@@ -2,10 +2,17 @@
 
 A subclass gives the table, how to read/write a row, and a pure fold `(row | None, event) -> row | None`
 (None: the event changes nothing). `write` then, in ONE transaction per batch:
-1. locks the batch's existing rows (`SELECT … FOR UPDATE`, in key order so two workers cannot deadlock),
-2. drops unversioned events already recorded in the `<table>_processed` table and records the new ones,
-3. folds the batch in Python (versioned events at or below the row's version change nothing),
-4. upserts the changed rows (`executemany`, pipelined), guarded by version.
+1. reads the holds of the batch's aggregates (`<table>_holds`, see sinks/holds.py): events of a held aggregate
+   are parked in `<table>_parked`; a held event that comes back is applied with the events parked behind it,
+2. locks the rows concerned (`SELECT … FOR UPDATE`, in key order so two workers cannot deadlock),
+3. drops unversioned events already recorded in the `<table>_processed` table and records the new ones,
+4. folds in Python (versioned events at or below the row's version change nothing),
+5. upserts the changed rows (`executemany`, pipelined), guarded by version.
+
+Errors are classified by SQLSTATE class: only those that depend on the data written are permanent (22 data
+exception: out of range, bad value, NUL bytes; 23 integrity constraint; 54 program limit: a key too long to
+index); 28 (authentication), 42501 (privilege) and 25006 (read-only transaction) mean the server refuses *us*
+(`SinkRefusedError`, retried); everything else (connection loss, shutdown, a missing table) is transient.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, ClassVar, Generic, TypeVar
 
 import psycopg
@@ -20,27 +28,44 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from cdc.connect import postgres_connect
+from cdc.errors import InvalidEventError
 from cdc.event import Event
 from cdc.logs import get_logger
 from cdc.settings import Settings
-from sinks.base import PermanentSinkError, Sink, TransientSinkError
+from sinks.base import Hold, PermanentSinkError, Sink, SinkError, SinkRefusedError, TransientSinkError
+from sinks.holds import plan_holds
 
 R = TypeVar("R")
 
 log = get_logger(__name__)
 
 
-def classify_postgres_error(exc: BaseException) -> Exception:
-    """Map a psycopg error to a transient (retry) or permanent (dead letter) sink error."""
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return TransientSinkError(f"postgres unavailable: {exc}")
-    if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
-        return TransientSinkError(f"postgres timeout: {exc}")
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege | psycopg.errors.InvalidAuthorizationSpecification
-                  | psycopg.errors.ReadOnlySqlTransaction):
-        # The store refuses *us* (DESIGN: "down", not a bad event): retry until an operator fixes the grants.
-        return TransientSinkError(f"postgres refused cdcflow's user: {exc}")
-    return PermanentSinkError(f"postgres rejected the write: {type(exc).__name__}: {exc}")
+#: SQLSTATE classes of errors caused by the data written: the event can never be written as it is.
+DATA_CLASSES = frozenset({"22", "23", "54"})
+#: SQLSTATEs (or classes) of "the server refuses us": authentication, privileges, a read-only transaction.
+REFUSED_CLASSES = frozenset({"28"})
+REFUSED_STATES = frozenset({"42501", "25006"})
+# A failed login carries no SQLSTATE in psycopg (the connection never opened): recognised by the server's words.
+_REFUSED_LOGIN = ("password authentication failed", "no pg_hba.conf entry", "permission denied", "role \"")
+
+
+def classify_postgres_error(exc: BaseException) -> SinkError:
+    """Map an error of a Postgres write to a permanent (dead letter), refused or transient (retry) sink error."""
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate or ""
+        name = type(exc).__name__
+        if state[:2] in REFUSED_CLASSES or state in REFUSED_STATES:
+            return SinkRefusedError(f"postgres refuses the write ({name}, SQLSTATE {state}): {exc}")
+        if state[:2] in DATA_CLASSES or (not state and isinstance(exc, psycopg.DataError)):
+            return PermanentSinkError(f"postgres rejected the data ({name}, SQLSTATE {state or '-'}): {exc}")
+        if not state and isinstance(exc, psycopg.OperationalError) and any(
+            words in str(exc) for words in _REFUSED_LOGIN
+        ):
+            return SinkRefusedError(f"postgres refuses the connection: {exc}")
+        return TransientSinkError(f"postgres unavailable ({name}, SQLSTATE {state or '-'}): {exc}")
+    if isinstance(exc, UnicodeError | OverflowError):  # a value of the event that cannot be sent at all
+        return PermanentSinkError(f"postgres cannot take the data: {type(exc).__name__}: {exc}")
+    return TransientSinkError(f"postgres unreachable: {type(exc).__name__}: {exc}")
 
 
 class PostgresFoldSink(Sink, Generic[R], abc.ABC):
@@ -99,12 +124,12 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
     def _run(self, what: str, fn: Callable[[psycopg.Connection[TupleRow]], Any]) -> Any:
         try:
             return fn(self._connection())
-        except (psycopg.Error, OSError) as exc:
-            err: Exception = TransientSinkError(f"postgres unreachable: {exc}")
-            if isinstance(exc, psycopg.Error):
-                err = classify_postgres_error(exc)
+        except SinkError:
+            raise
+        except (psycopg.Error, OSError, UnicodeError, OverflowError) as exc:
+            err = classify_postgres_error(exc)
             if isinstance(err, TransientSinkError):
-                self._discard()
+                self._discard()  # a new connection picks up changed grants, passwords, role settings
             log.debug("postgres_error", sink=self.name, what=what, error=str(exc))
             raise err from exc
 
@@ -115,6 +140,11 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
 
     def _t(self, suffix: str = "") -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.namespace), sql.Identifier(self.table + suffix))
+
+    @property
+    def tables(self) -> list[str]:
+        """Every table of this read model (a `--rebuild` swap moves them all)."""
+        return [self.table + suffix for suffix in ("", "_processed", "_holds", "_parked")]
 
     # -- setup / drop ---------------------------------------------------------------------------------
 
@@ -136,6 +166,25 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
                         "processed_at timestamptz NOT NULL DEFAULT now())"
                     ).format(self._t("_processed"))
                 )
+                # version as text: a hold may be for an event refused because its version is out of range
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (aggregate_id text PRIMARY KEY, event_id uuid NOT NULL, "
+                        "version text NOT NULL, reason text NOT NULL, held_at timestamptz NOT NULL DEFAULT now())"
+                    ).format(self._t("_holds"))
+                )
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (event_id uuid PRIMARY KEY, aggregate_id text NOT NULL, "
+                        "seq bigserial NOT NULL, value bytea NOT NULL, "
+                        "parked_at timestamptz NOT NULL DEFAULT now())"
+                    ).format(self._t("_parked"))
+                )
+                conn.execute(
+                    sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (aggregate_id, seq)").format(
+                        sql.Identifier(f"{self.table}_parked_aggregate"), self._t("_parked")
+                    )
+                )
 
         self._run("setup", do)
 
@@ -150,13 +199,81 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
     def write(self, batch: Sequence[Event]) -> None:
         if not batch:
             return
-        keyed = [(self.key_of(e), e) for e in batch]
-        self._run("write", lambda conn: self._write(conn, keyed))
+        parked, released = self._run("write", lambda conn: self._write(conn, batch))
+        if parked or released:
+            log.info("holds_applied", sink=self.name, namespace=self.namespace, parked=parked,
+                     released=released)
 
-    def _write(self, conn: psycopg.Connection[TupleRow], keyed: list[tuple[str, Event]]) -> None:
-        keys = sorted({k for k, _ in keyed})
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+    def hold(self, holds: Sequence[Hold]) -> None:
+        if not holds:
+            return
+
+        def do(conn: psycopg.Connection[TupleRow]) -> None:
+            with conn.cursor() as c:
+                c.executemany(
+                    sql.SQL(
+                        "INSERT INTO {} (aggregate_id, event_id, version, reason) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT (aggregate_id) DO NOTHING"
+                    ).format(self._t("_holds")),
+                    [(h.aggregate_id, h.event_id, str(h.version), h.reason) for h in holds],
+                )
+
+        self._run("hold", do)
+
+    def _hold_back(
+        self, conn: psycopg.Connection[TupleRow], batch: Sequence[Event]
+    ) -> tuple[list[Event], dict[str, str], int, list[str]]:
+        """Park the batch's events of held aggregates. Returns the events to apply (released ones included),
+        for each released event the id of the held event it waited for, the number parked, the released."""
+        aggregates = sorted({e.aggregate_id for e in batch})
+        held = {
+            str(a): str(e)
+            for a, e in conn.execute(
+                sql.SQL(
+                    "SELECT aggregate_id, event_id::text FROM {} WHERE aggregate_id = ANY(%s) "
+                    "ORDER BY aggregate_id FOR UPDATE"
+                ).format(self._t("_holds")),
+                (aggregates,),
+            ).fetchall()
+        }
+        if not held:
+            return list(batch), {}, 0, []
+        plan = plan_holds(batch, held)
+        parked: dict[str, list[Event]] = {}
+        if plan.released:
+            cur = conn.execute(
+                sql.SQL("SELECT aggregate_id, value FROM {} WHERE aggregate_id = ANY(%s) ORDER BY seq").format(
+                    self._t("_parked")
+                ),
+                (plan.released,),
+            )
+            for aggregate, value in cur.fetchall():
+                parked.setdefault(str(aggregate), []).append(_unpark(bytes(value), held[str(aggregate)]))
+            for suffix in ("_parked", "_holds"):
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE aggregate_id = ANY(%s)").format(self._t(suffix)), (plan.released,)
+                )
+        if plan.park:
+            with conn.cursor() as c:
+                c.executemany(
+                    sql.SQL(
+                        "INSERT INTO {} (event_id, aggregate_id, value) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (event_id) DO NOTHING"
+                    ).format(self._t("_parked")),
+                    [(e.event_id, e.aggregate_id, e.to_json()) for e in plan.park],
+                )
+        behind = {e.event_id: held[a] for a, events in parked.items() for e in events}
+        return plan.events(parked), behind, len(plan.park), plan.released
+
+    def _write(self, conn: psycopg.Connection[TupleRow], batch: Sequence[Event]) -> tuple[int, list[str]]:
+        """One transaction; returns (events parked, aggregates released)."""
         with conn.transaction():
+            events, behind, parked, released = self._hold_back(conn, batch)
+            if not events:
+                return parked, released
+            keyed = [(_released(self.key_of, e, behind), e) for e in events]
+            keys = sorted({k for k, _ in keyed})
+            cols = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
             current: dict[str, R] = {}
             cur = conn.execute(
                 sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s) ORDER BY {} FOR UPDATE").format(
@@ -194,7 +311,7 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
                     if event.event_id in seen:
                         continue
                     seen.add(event.event_id)  # a duplicate inside the batch
-                new = self.fold(current.get(key), event)
+                new = _released(partial(self.fold, current.get(key)), event, behind)
                 if new is not None:
                     current[key] = new
                     changed[key] = new
@@ -216,6 +333,7 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
                 )
                 with conn.cursor() as c:
                     c.executemany(stmt, [self.to_db(changed[k]) for k in sorted(changed)])
+        return parked, released
 
     # -- reads ----------------------------------------------------------------------------------------
 
@@ -269,5 +387,50 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
         result: int = self._run("count", do)
         return result
 
+    def holds(self) -> list[dict[str, Any]]:
+        """The aggregates held back now: the held event, why, and how many events are parked behind it."""
+
+        def do(conn: psycopg.Connection[TupleRow]) -> list[dict[str, Any]]:
+            cur = conn.execute(
+                sql.SQL(
+                    "SELECT h.aggregate_id, h.event_id::text, h.version, h.reason, "
+                    "(SELECT count(*) FROM {} p WHERE p.aggregate_id = h.aggregate_id) "
+                    "FROM {} h ORDER BY h.aggregate_id"
+                ).format(self._t("_parked"), self._t("_holds"))
+            )
+            return [
+                {"aggregate_id": a, "event_id": e, "version": v, "reason": r, "parked": int(n)}
+                for a, e, v, r, n in cur.fetchall()
+            ]
+
+        result: list[dict[str, Any]] = self._run("holds", do)
+        return result
+
     def snapshot(self) -> list[dict[str, Any]]:
         return [self.row_json(r) for r in self.rows()]
+
+
+T = TypeVar("T")
+
+
+def _released(fn: Callable[[Event], T], event: Event, behind: dict[str, str]) -> T:
+    """fn(event); a parked event that cannot be applied on release fails the held event that released it."""
+    try:
+        return fn(event)
+    except PermanentSinkError as exc:
+        held = behind.get(event.event_id)
+        if held is None:
+            raise
+        raise PermanentSinkError(
+            f"event {event.event_id} (version {event.version}), parked behind {held}, cannot be applied: {exc}",
+            event_id=held,
+        ) from exc
+
+
+def _unpark(value: bytes, held_event_id: str) -> Event:
+    try:
+        return Event.from_json(value)
+    except InvalidEventError as exc:  # stored by us, so only a changed event definition gets here
+        raise PermanentSinkError(
+            f"an event parked behind {held_event_id} no longer decodes: {exc}", event_id=held_event_id
+        ) from exc

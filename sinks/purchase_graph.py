@@ -8,8 +8,17 @@ cancelled order or one refunded in full no longer counts as a purchase (`active 
 Batches: the events of a batch are split into layers (the i-th event of each order in the batch goes in layer
 i), so per-order order is kept; each layer runs one UNWIND query per event kind, all in one transaction.
 
-Namespaces: the default namespace uses the labels `Customer`/`Product` and type `PURCHASED`; another namespace
-`ns` uses `ns__Customer`, `ns__Product`, `ns__PURCHASED` (tests, rebuild shadows), each with its constraints.
+Holds (sinks/holds.py): `(:PurchaseHold {aggregate_id, event_id})` marks an order whose event was
+dead-lettered; its later events wait as `(:PurchaseParked {event_id, aggregate_id, seq, value})` nodes and are
+applied, in order, in the transaction that applies the held event when it is re-driven.
+
+Namespaces: the default namespace uses the labels `Customer`/`Product`/`PurchaseHold`/`PurchaseParked` and type
+`PURCHASED`; another namespace `ns` prefixes each with `ns__` (tests, rebuild shadows), each with its constraints.
+
+Errors: the connection, the server's transient and database errors are retried; security errors (a wrong
+password, a forbidden or read-only write) mean Neo4j refuses *us* and are retried too (`SinkRefusedError`); only
+errors caused by the data (a constraint, a value of the wrong type or out of range) are permanent. Ids longer
+than `MAX_KEY_BYTES` are refused before the write: Neo4j cannot index them.
 """
 
 from __future__ import annotations
@@ -20,15 +29,16 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, LiteralString
 
-from neo4j import Driver, ManagedTransaction, Session
+from neo4j import Driver, ManagedTransaction, NotificationDisabledClassification, Session, unit_of_work
 from neo4j.exceptions import (
     AuthError,
     ClientError,
+    CypherSyntaxError,
     DatabaseUnavailable,
-    DriverError,
     Forbidden,
     ServiceUnavailable,
     SessionExpired,
+    TokenExpired,
     TransientError,
 )
 
@@ -46,7 +56,16 @@ from cdc.schemas import (
     parse_payload,
 )
 from cdc.settings import Settings
-from sinks.base import PermanentSinkError, Sink, TransientSinkError
+from sinks.base import (
+    Hold,
+    PermanentSinkError,
+    Sink,
+    SinkError,
+    SinkRefusedError,
+    SinkTimeoutError,
+    TransientSinkError,
+)
+from sinks.holds import plan_holds
 from sinks.order_view import ORDER_EVENT_TYPES, order_key
 
 log = get_logger(__name__)
@@ -55,24 +74,50 @@ DEFAULT_NAMESPACE = "cdcflow"
 
 #: How long the driver itself retries a transaction before the sink reports a transient error.
 DRIVER_RETRY_SECONDS = 2.0
+#: Neo4j's codes for a transaction ended by its timeout (the client's, or the server's default one).
+TIMEOUT_CODES = frozenset({
+    "Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration",
+    "Neo.ClientError.Transaction.TransactionTimedOut",
+})
 
 
-def classify_neo4j_error(exc: BaseException) -> Exception:
-    """Connection loss, unavailability and transient server errors are retried; client errors are not."""
+#: Longest id (UTF-8 bytes) the graph takes: Neo4j's range indexes refuse keys near 8 kB.
+MAX_KEY_BYTES = 4000
+
+# Codes of errors caused by the data sent (the rest of Neo.ClientError.* would hit any event: bugs, config).
+_DATA_CODES = (
+    "Neo.ClientError.Schema.ConstraintValidationFailed",
+    "Neo.ClientError.Statement.TypeError",
+    "Neo.ClientError.Statement.ArgumentError",
+    "Neo.ClientError.Statement.ArithmeticError",
+)
+# Codes of "Neo4j refuses us": credentials, permissions, a write in read-only mode or on a read-only database.
+_REFUSED_CODES = (
+    "Neo.ClientError.Security.",
+    "Neo.ClientError.Statement.AccessMode",
+    "Neo.ClientError.General.ForbiddenOnReadOnlyDatabase",
+)
+
+
+def classify_neo4j_error(exc: BaseException) -> SinkError:
+    """Refusals and anything that would hit every event are retried; only data-caused errors are permanent."""
+    code = str(getattr(exc, "code", None) or "")
+    name = type(exc).__name__
+    if isinstance(exc, AuthError | Forbidden | TokenExpired) or code.startswith(_REFUSED_CODES):
+        return SinkRefusedError(f"neo4j refuses the write ({name}, {code or '-'}): {exc}")
     if isinstance(exc, ServiceUnavailable | SessionExpired | TransientError | DatabaseUnavailable | OSError):
-        return TransientSinkError(f"neo4j unavailable: {type(exc).__name__}: {exc}")
-    if isinstance(exc, AuthError | Forbidden):  # the store refuses *us*: "down", not a bad event
-        return TransientSinkError(f"neo4j refused cdcflow's user: {type(exc).__name__}: {exc}")
-    if isinstance(exc, ClientError):
-        return PermanentSinkError(f"neo4j rejected the write: {exc}")
-    if isinstance(exc, DriverError):
-        return TransientSinkError(f"neo4j driver error: {type(exc).__name__}: {exc}")
-    return PermanentSinkError(f"neo4j error: {type(exc).__name__}: {exc}")
+        return TransientSinkError(f"neo4j unavailable: {name}: {exc}")
+    if isinstance(exc, ClientError) and not isinstance(exc, CypherSyntaxError) and code.startswith(_DATA_CODES):
+        return PermanentSinkError(f"neo4j rejected the data ({code}): {exc}")
+    if isinstance(exc, UnicodeError | OverflowError):  # the driver cannot send a value of the event
+        return PermanentSinkError(f"neo4j cannot take the data: {name}: {exc}")
+    return TransientSinkError(f"neo4j error ({name}, {code or '-'}): {exc}")
 
 
 def graph_row(event: Event) -> tuple[str, dict[str, Any]]:
     """(kind, parameters) of an order event for the UNWIND queries; InvalidEventError for other events."""
     payload = parse_payload(event)
+    _check_keys(payload)
     base: dict[str, Any] = {
         "order_id": order_key(event), "version": event.version if event.version is not None else 0,
         "versioned": event.version is not None, "event_id": event.event_id,
@@ -103,6 +148,15 @@ def graph_row(event: Event) -> tuple[str, dict[str, Any]]:
     raise InvalidEventError(f"{event.type} is not an order event")
 
 
+def _check_keys(payload: Any) -> None:
+    ids = [getattr(payload, "order_id", None), getattr(payload, "customer_id", None)]
+    ids += [item.product_id for item in getattr(payload, "items", ())]
+    for value in ids:
+        if isinstance(value, str) and len(value.encode()) > MAX_KEY_BYTES:
+            raise InvalidEventError(f"id too long for the graph's indexes: {len(value.encode())} bytes "
+                                    f"(at most {MAX_KEY_BYTES})")
+
+
 class PurchaseGraphSink(Sink):
     """The `purchase_graph` read model on Neo4j."""
 
@@ -116,6 +170,8 @@ class PurchaseGraphSink(Sink):
         self.customer = f"{prefix}Customer"
         self.product = f"{prefix}Product"
         self.purchased = f"{prefix}PURCHASED"
+        self.held = f"{prefix}PurchaseHold"
+        self.parked = f"{prefix}PurchaseParked"
         self._driver: Driver | None = None
 
     # -- plumbing -------------------------------------------------------------------------------------
@@ -124,6 +180,7 @@ class PurchaseGraphSink(Sink):
         # Labels cannot be parameters: substitute our own (validated) names, never user input.
         cypher = text.replace("$Customer", f"`{self.customer}`").replace("$Product", f"`{self.product}`")
         cypher = cypher.replace("$PURCHASED", f"`{self.purchased}`")
+        cypher = cypher.replace("$HeldAggregate", f"`{self.held}`").replace("$ParkedEvent", f"`{self.parked}`")
         return cypher  # mypy treats LiteralString as str; the names are ours, validated
 
     def _drv(self) -> Driver:
@@ -139,18 +196,33 @@ class PurchaseGraphSink(Sink):
 
     def _session(self) -> Session:
         # The worker retries with its own backoff: the driver's own retries (30 s by default) only delay that.
-        return self._drv().session(max_transaction_retry_time=DRIVER_RETRY_SECONDS)
+        # Without holds, their labels do not exist yet: Neo4j would warn about it on every batch.
+        return self._drv().session(
+            max_transaction_retry_time=DRIVER_RETRY_SECONDS,
+            notifications_disabled_classifications=[NotificationDisabledClassification.UNRECOGNIZED],
+        )
 
-    def _read(self, text: str, **params: Any) -> list[dict[str, Any]]:
+    def _read(self, text: str, *, timeout: float | None = None, **params: Any) -> list[dict[str, Any]]:
+        """Run a read; with `timeout`, Neo4j ends the transaction past it (SinkTimeoutError)."""
+
+        @unit_of_work(timeout=timeout)
         def work(tx: ManagedTransaction) -> list[dict[str, Any]]:
             return [r.data() for r in tx.run(self._q(text), params)]
 
         try:
             with self._session() as session:
                 result: list[dict[str, Any]] = session.execute_read(work)
+        except ClientError as exc:
+            if exc.code in TIMEOUT_CODES:
+                raise SinkTimeoutError(f"neo4j ended the query after {timeout:g} s") from exc
+            raise self._fail(exc) from exc
         except Exception as exc:
             raise self._fail(exc) from exc
         return result
+
+    @property
+    def _query_timeout(self) -> float:
+        return self.settings.read_api_query_timeout_seconds
 
     def _fail(self, exc: BaseException) -> Exception:
         err = classify_neo4j_error(exc)
@@ -172,6 +244,11 @@ class PurchaseGraphSink(Sink):
                                    "REQUIRE (r.order_id, r.product_id) IS UNIQUE"),
             (f"{ns}_purchase_order", "CREATE INDEX {name} IF NOT EXISTS FOR ()-[r:$PURCHASED]-() "
                                      "ON (r.order_id)"),
+            (f"{ns}_hold_aggregate", "CREATE CONSTRAINT {name} IF NOT EXISTS FOR (h:$HeldAggregate) "
+                                     "REQUIRE h.aggregate_id IS UNIQUE"),
+            (f"{ns}_parked_event", "CREATE CONSTRAINT {name} IF NOT EXISTS FOR (p:$ParkedEvent) "
+                                   "REQUIRE p.event_id IS UNIQUE"),
+            (f"{ns}_parked_order", "CREATE INDEX {name} IF NOT EXISTS FOR (p:$ParkedEvent) ON (p.aggregate_id)"),
         ]
 
     def setup(self) -> None:
@@ -189,7 +266,8 @@ class PurchaseGraphSink(Sink):
             with self._session() as session:
                 while True:  # delete in chunks: one huge transaction would need a lot of heap
                     summary = session.run(
-                        self._q("MATCH (n) WHERE n:$Customer OR n:$Product WITH n LIMIT 5000 DETACH DELETE n")
+                        self._q("MATCH (n) WHERE n:$Customer OR n:$Product OR n:$HeldAggregate OR n:$ParkedEvent "
+                                "WITH n LIMIT 5000 DETACH DELETE n")
                     ).consume()
                     if summary.counters.nodes_deleted == 0:
                         break
@@ -251,32 +329,128 @@ class PurchaseGraphSink(Sink):
     def write(self, batch: Sequence[Event]) -> None:
         if not batch:
             return
-        layers: list[dict[str, list[dict[str, Any]]]] = []
-        depth: dict[str, int] = defaultdict(int)
-        for event in batch:
+        rows: dict[str, tuple[str, dict[str, Any]]] = {}
+        for event in batch:  # validate before any I/O
             try:
-                kind, row = graph_row(event)
+                rows[event.event_id] = graph_row(event)
             except InvalidEventError as exc:
                 raise PermanentSinkError(str(exc), event_id=event.event_id) from exc
-            layer = depth[row["order_id"]]
-            depth[row["order_id"]] += 1
-            if layer == len(layers):
-                layers.append(defaultdict(list))
-            layers[layer][kind].append(row)
         queries = {"created": self._CREATED, "status": self._STATUS, "cancelled": self._CANCELLED,
                    "refunded": self._REFUNDED}
+        outcome: dict[str, Any] = {}
 
         def work(tx: ManagedTransaction) -> None:
+            events, behind, parked, released = self._hold_back(tx, batch)
+            layers: list[dict[str, list[dict[str, Any]]]] = []
+            depth: dict[str, int] = defaultdict(int)
+            for event in events:
+                kind, row = rows.get(event.event_id) or _released_row(event, behind)
+                layer = depth[row["order_id"]]
+                depth[row["order_id"]] += 1
+                if layer == len(layers):
+                    layers.append(defaultdict(list))
+                layers[layer][kind].append(row)
             for layer_rows in layers:
                 for kind in ("created", "status", "cancelled", "refunded"):
                     if layer_rows.get(kind):
                         tx.run(self._q(queries[kind]), rows=layer_rows[kind]).consume()
+            outcome.update(parked=parked, released=released)
+
+        try:
+            with self._session() as session:
+                session.execute_write(work)
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc) from exc
+        if outcome.get("parked") or outcome.get("released"):
+            log.info("holds_applied", sink=self.name, namespace=self.namespace, **outcome)
+
+    def _hold_back(
+        self, tx: ManagedTransaction, batch: Sequence[Event]
+    ) -> tuple[list[Event], dict[str, str], int, list[str]]:
+        """Park the batch's events of held orders. Returns the events to apply (released ones included), for
+        each released event the id of the held event it waited for, the number parked, the released orders."""
+        aggregates = sorted({e.aggregate_id for e in batch})
+        held = {
+            r["a"]: r["e"]
+            for r in tx.run(
+                self._q("MATCH (h:$HeldAggregate) WHERE h.aggregate_id IN $aggregates "
+                        "RETURN h.aggregate_id AS a, h.event_id AS e"),
+                aggregates=aggregates,
+            )
+        }
+        if not held:
+            return list(batch), {}, 0, []
+        plan = plan_holds(batch, held)
+        parked: dict[str, list[Event]] = defaultdict(list)
+        if plan.released:
+            for r in tx.run(
+                self._q("MATCH (p:$ParkedEvent) WHERE p.aggregate_id IN $aggregates "
+                        "RETURN p.aggregate_id AS a, p.value AS v ORDER BY p.seq"),
+                aggregates=plan.released,
+            ):
+                parked[r["a"]].append(_unpark(r["v"], held[r["a"]]))
+            tx.run(
+                self._q("MATCH (n) WHERE (n:$ParkedEvent OR n:$HeldAggregate) AND n.aggregate_id IN $aggregates "
+                        "DETACH DELETE n"),
+                aggregates=plan.released,
+            ).consume()
+        if plan.park:
+            by_aggregate: dict[str, list[dict[str, str]]] = defaultdict(list)
+            for e in plan.park:
+                by_aggregate[e.aggregate_id].append({"event_id": e.event_id, "value": e.to_json().decode()})
+            # the hold node numbers its parked events (a write lock on it orders concurrent writers)
+            tx.run(
+                self._q("""
+                UNWIND $rows AS row
+                MATCH (h:$HeldAggregate {aggregate_id: row.aggregate_id})
+                SET h.next_seq = coalesce(h.next_seq, 0) + size(row.events)
+                WITH h, row, h.next_seq - size(row.events) AS base
+                UNWIND range(0, size(row.events) - 1) AS i
+                WITH h, row.events[i] AS e, base + i AS seq
+                MERGE (p:$ParkedEvent {event_id: e.event_id})
+                ON CREATE SET p.aggregate_id = h.aggregate_id, p.value = e.value, p.seq = seq
+                """),
+                rows=[{"aggregate_id": a, "events": es} for a, es in by_aggregate.items()],
+            ).consume()
+        behind = {e.event_id: held[a] for a, events in parked.items() for e in events}
+        return plan.events(parked), behind, len(plan.park), plan.released
+
+    def hold(self, holds: Sequence[Hold]) -> None:
+        if not holds:
+            return
+        rows = [{"aggregate_id": h.aggregate_id, "event_id": h.event_id, "version": str(h.version),
+                 "reason": h.reason} for h in holds]
+
+        def work(tx: ManagedTransaction) -> None:
+            tx.run(
+                self._q("""
+                UNWIND $rows AS row
+                MERGE (h:$HeldAggregate {aggregate_id: row.aggregate_id})
+                ON CREATE SET h.event_id = row.event_id, h.version = row.version, h.reason = row.reason,
+                              h.held_at = datetime(), h.next_seq = 0
+                """),
+                rows=rows,
+            ).consume()
 
         try:
             with self._session() as session:
                 session.execute_write(work)
         except Exception as exc:
             raise self._fail(exc) from exc
+
+    def holds(self) -> list[dict[str, Any]]:
+        """The orders held back now: the held event, why, and how many events are parked behind it."""
+        return self._read(
+            """
+            MATCH (h:$HeldAggregate)
+            OPTIONAL MATCH (p:$ParkedEvent {aggregate_id: h.aggregate_id})
+            RETURN h.aggregate_id AS aggregate_id, h.event_id AS event_id, h.version AS version,
+                   h.reason AS reason, count(p) AS parked
+            ORDER BY aggregate_id
+            """
+        )
 
     # -- reads ----------------------------------------------------------------------------------------
 
@@ -290,7 +464,7 @@ class PurchaseGraphSink(Sink):
             RETURN other.product_id AS product_id, count(DISTINCT c) AS n
             ORDER BY n DESC, product_id LIMIT $limit
             """,
-            product_id=product_id, limit=limit,
+            product_id=product_id, limit=limit, timeout=self._query_timeout,
         )
         return [(r["product_id"], int(r["n"])) for r in rows]
 
@@ -305,13 +479,16 @@ class PurchaseGraphSink(Sink):
             RETURN rec.product_id AS product_id, count(DISTINCT other) AS n
             ORDER BY n DESC, product_id LIMIT $limit
             """,
-            customer_id=customer_id, limit=limit,
+            customer_id=customer_id, limit=limit, timeout=self._query_timeout,
         )
         return [(r["product_id"], int(r["n"])) for r in rows]
 
     def has_product(self, product_id: str) -> bool:
         """True when `product_id` was ever purchased (a node exists)."""
-        rows = self._read("MATCH (p:$Product {product_id: $product_id}) RETURN count(p) AS n", product_id=product_id)
+        rows = self._read(
+            "MATCH (p:$Product {product_id: $product_id}) RETURN count(p) AS n",
+            product_id=product_id, timeout=self._query_timeout,
+        )
         return bool(rows) and int(rows[0]["n"]) > 0
 
     def purchases(self, customer_id: str) -> list[dict[str, Any]]:
@@ -324,8 +501,23 @@ class PurchaseGraphSink(Sink):
                    r.refunded_amount AS refunded_amount, r.version AS version
             ORDER BY order_id, product_id
             """,
-            customer_id=customer_id,
+            customer_id=customer_id, timeout=self._query_timeout,
         )
+
+    def purchased_products(self, customer_id: str, limit: int) -> list[str] | None:
+        """The products a customer holds an active purchase of, at most `limit` (by id); None for a customer
+        without any purchase (no node). Null sorts last, so a customer with only inactive ones gets []."""
+        rows = self._read(
+            """
+            MATCH (c:$Customer {customer_id: $customer_id})
+            OPTIONAL MATCH (c)-[:$PURCHASED {active: true}]->(p:$Product)
+            RETURN DISTINCT p.product_id AS product_id ORDER BY product_id LIMIT $limit
+            """,
+            customer_id=customer_id, limit=limit, timeout=self._query_timeout,
+        )
+        if not rows:
+            return None
+        return [str(r["product_id"]) for r in rows if r["product_id"] is not None]
 
     def snapshot(self) -> list[dict[str, Any]]:
         return self._read(
@@ -338,3 +530,24 @@ class PurchaseGraphSink(Sink):
             ORDER BY order_id, product_id
             """
         )
+
+
+def _unpark(value: str, held_event_id: str) -> Event:
+    try:
+        return Event.from_json(value)
+    except InvalidEventError as exc:  # stored by us, so only a changed event definition gets here
+        raise PermanentSinkError(
+            f"an event parked behind {held_event_id} no longer decodes: {exc}", event_id=held_event_id
+        ) from exc
+
+
+def _released_row(event: Event, behind: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """The graph row of a released (parked) event; if it cannot be applied, the held event fails."""
+    try:
+        return graph_row(event)
+    except InvalidEventError as exc:
+        held = behind.get(event.event_id, event.event_id)
+        raise PermanentSinkError(
+            f"event {event.event_id} (version {event.version}), parked behind {held}, cannot be applied: {exc}",
+            event_id=held,
+        ) from exc

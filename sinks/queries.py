@@ -6,14 +6,21 @@ is down raises the sink's `TransientSinkError`.
 
 Clicks are stored by (user, day), so "no clicks" and "unknown user" cannot be told apart without scanning the
 table: a user without page views in the window gets an empty list, not `NotFound`.
+
+Every answer is bounded: `clicks` is paginated (at most `limit` views, MAX_CLICKS_PAGE at most, and a `next`
+cursor to pass back as `after` while more remain), `top-products`, `recommendations` and `also-bought` are capped
+by `limit` (MAX_LIMIT at most), the products a customer bought by MAX_PURCHASED. Days outside what the
+clickstream can hold (older than its retention, or further ahead than a view can be kept) are answered empty
+without asking the store.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
 from cdc.logs import get_logger
@@ -30,6 +37,14 @@ log = get_logger(__name__)
 MAX_CLICK_DAYS = 31
 #: Largest `limit` a query accepts.
 MAX_LIMIT = 100
+#: Largest page of clicks, and the default one.
+MAX_CLICKS_PAGE = 1000
+DEFAULT_CLICKS_PAGE = 100
+#: Most purchased products a recommendations answer lists.
+MAX_PURCHASED = 1000
+#: Cassandra keeps a cell at most 20 years: no page view can lie further ahead than that.
+MAX_FUTURE_DAYS = 20 * 365
+_CURSOR = re.compile(r"^(-?\d{1,16})\.([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 
 
 class NotFound(LookupError):
@@ -122,7 +137,32 @@ def parse_time(text: str) -> datetime:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"bad time {text!r}: expected ISO-8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return as_utc(when)
+
+
+def as_utc(when: datetime) -> datetime:
+    """`when` in UTC (naive means UTC); ValueError when UTC cannot represent it (0001-01-01T00:00+01:00)."""
+    try:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"time {when.isoformat()} is out of range once converted to UTC") from None
+
+
+def encode_cursor(view_ts: datetime, event_id: str) -> str:
+    """The `after` cursor that continues a clicks page after the view (ts, event_id)."""
+    return f"{round(view_ts.timestamp() * 1000)}.{event_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """(ts, event_id) of an `after` cursor; BadQuery for anything `encode_cursor` does not make."""
+    match = _CURSOR.match(cursor)
+    if match is None:
+        raise BadQuery(f"bad 'after' cursor {cursor[:100]!r}: pass back the 'next' of the previous page")
+    try:
+        ts = datetime.fromtimestamp(int(match.group(1)) / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise BadQuery("bad 'after' cursor: time out of range") from None
+    return ts, match.group(2)
 
 
 def today() -> date:
@@ -137,7 +177,10 @@ def _check_limit(limit: int) -> None:
 
 def click_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """Validate a [start, end) clicks window: start before end, at most MAX_CLICK_DAYS days."""
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    try:
+        start, end = as_utc(start), as_utc(end)
+    except ValueError as exc:
+        raise BadQuery(str(exc)) from None
     if end <= start:
         raise BadQuery(f"'to' ({end.isoformat()}) must be after 'from' ({start.isoformat()})")
     if end - start > timedelta(days=MAX_CLICK_DAYS):
@@ -157,17 +200,18 @@ def order(models: ReadModels, order_id: str) -> dict[str, Any]:
 
 
 def recommendations(models: ReadModels, customer_id: str, limit: int = 5) -> dict[str, Any]:
-    """What `customer_id` bought and the products others who bought the same also bought."""
+    """What `customer_id` bought (at most MAX_PURCHASED products) and the products others who bought the same
+    also bought."""
     _check_limit(limit)
     graph = models.purchase_graph
-    purchases = graph.purchases(customer_id)
-    if not purchases:
+    bought = graph.purchased_products(customer_id, MAX_PURCHASED + 1)
+    if bought is None:
         raise NotFound("customer", customer_id, f"customer {customer_id!r} has no purchases in the purchase graph")
-    bought = sorted({str(p["product_id"]) for p in purchases if p.get("active")})
     recs = graph.recommendations(customer_id, limit=limit)
     return {
         "customer_id": customer_id,
-        "purchased": bought,
+        "purchased": bought[:MAX_PURCHASED],
+        "purchased_truncated": len(bought) > MAX_PURCHASED,
         "recommendations": [{"product_id": p, "customers": n} for p, n in recs],
     }
 
@@ -182,33 +226,63 @@ def also_bought(models: ReadModels, product_id: str, limit: int = 5) -> dict[str
     return {"product_id": product_id, "also_bought": [{"product_id": p, "customers": n} for p, n in rows]}
 
 
+def retained_days(settings: Settings) -> tuple[date, date]:
+    """The first and last day on which the clickstream can hold a page view (a day of margin each side)."""
+    now = today()
+    return now - timedelta(days=settings.clickstream_ttl_days + 1), now + timedelta(days=MAX_FUTURE_DAYS)
+
+
 def clicks(
     models: ReadModels,
     user_id: str,
     day: date | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
+    *,
+    limit: int = DEFAULT_CLICKS_PAGE,
+    after: str | None = None,
 ) -> dict[str, Any]:
-    """A user's page views on `day` (default today, UTC), or in [start, end); oldest first."""
+    """A user's page views on `day` (default today, UTC), or in [start, end); oldest first, a page of at most
+    `limit` of them after the cursor `after`. `next` is the cursor of the following page (None: no more)."""
+    if not 1 <= limit <= MAX_CLICKS_PAGE:
+        raise BadQuery(f"limit must be between 1 and {MAX_CLICKS_PAGE}, got {limit}")
+    cursor = decode_cursor(after) if after is not None else None
+    first, last = retained_days(models.settings)
+    window: dict[str, Any]
     if start is not None or end is not None:
         if start is None or end is None or day is not None:
             raise BadQuery("give either a day, or both 'from' and 'to'")
         start, end = click_window(start, end)
-        views = models.clickstream.views_between(user_id, start, end)
-        window: dict[str, Any] = {"from": start.isoformat(), "to": end.isoformat()}
+        window = {"from": start.isoformat(), "to": end.isoformat()}
+        # Clamp to what can be stored: a window wholly outside it is empty without asking.
+        lo = max(start, datetime.combine(first, time.min, UTC))
+        hi = min(end, datetime.combine(last, time.min, UTC))
     else:
         day = day or today()
-        views = models.clickstream.views(user_id, day)
         window = {"day": day.isoformat()}
-    if not views and not models.clickstream.has_visitor(user_id):
+        lo = hi = datetime.combine(first, time.min, UTC)
+        if first <= day < last:
+            lo = datetime.combine(day, time.min, UTC)
+            hi = lo + timedelta(days=1)
+    views = (
+        models.clickstream.views_between(user_id, lo, hi, after=cursor, limit=limit + 1) if lo < hi else []
+    )
+    page, more = views[:limit], len(views) > limit
+    if not page and cursor is None and not models.clickstream.has_visitor(user_id):
         # A known user on a quiet day gets an empty list; an unknown one is "not found".
         raise NotFound("user", user_id, f"user {user_id!r} has no page views in the clickstream")
-    return {"user_id": user_id, **window, "views": [v.to_json() for v in views]}
+    return {
+        "user_id": user_id,
+        **window,
+        "views": [v.to_json() for v in page],
+        "next": encode_cursor(page[-1].ts, page[-1].event_id) if more else None,
+    }
 
 
 def top_products(models: ReadModels, day: date | None = None, limit: int = 10) -> dict[str, Any]:
-    """The most viewed products of `day` (default today, UTC)."""
+    """The most viewed products of `day` (default today, UTC), at most `limit`."""
     _check_limit(limit)
     day = day or today()
-    rows = models.clickstream.top_products(day, limit=limit)
+    first, last = retained_days(models.settings)
+    rows = models.clickstream.top_products(day, limit=limit) if first <= day < last else []
     return {"day": day.isoformat(), "products": [{"product_id": p, "views": n} for p, n in rows]}

@@ -1,6 +1,10 @@
-"""Postgres product stock view: one row per product, the stock level after its latest decrement.
+"""Postgres product stock view: one row per product, its stock level and version as the product service has them.
 
-InventoryDecremented carries a per-product version; an event at or below the row's version changes nothing.
+Every inventory event carries the product's version after it: ProductCreated (the first stock level),
+StockAdjusted (a new level), InventoryDecremented (a purchase: level after it, units sold), ProductUpdated (name or
+price: only the version moves). An event at or below the row's version changes nothing. ProductSnapshot (from
+`cdcflow resnapshot`) is the product's whole state: taken at a later version, and at the row's own version when
+its stock differs (so a resnapshot repairs a row that missed changes).
 """
 
 from __future__ import annotations
@@ -12,7 +16,14 @@ from typing import Any, ClassVar
 
 from cdc.errors import InvalidEventError
 from cdc.event import Event
-from cdc.schemas import InventoryDecremented, parse_payload
+from cdc.schemas import (
+    InventoryDecremented,
+    ProductCreated,
+    ProductSnapshot,
+    ProductUpdated,
+    StockAdjusted,
+    parse_payload,
+)
 from sinks.base import PermanentSinkError
 from sinks.postgres import PostgresFoldSink
 
@@ -37,18 +48,37 @@ class StockRow:
 
 
 def apply_stock_event(row: StockRow | None, event: Event) -> StockRow | None:
-    """The stock row after `event`; None when stale. InvalidEventError for a non-inventory event."""
-    if row is not None and event.version is not None and event.version <= row.version:
-        return None
+    """The stock row after `event`; None when it changes nothing. InvalidEventError for a non-inventory event."""
     payload = parse_payload(event)
-    if not isinstance(payload, InventoryDecremented):
+    version = event.version if event.version is not None else (row.version if row else 0)
+    if isinstance(payload, ProductSnapshot):
+        if row is not None and (version < row.version or (version == row.version and row.stock == payload.stock)):
+            return None
+    elif row is not None and event.version is not None and event.version <= row.version:
+        return None
+    units_sold = row.units_sold if row else 0
+    last_order_id = row.last_order_id if row else None
+    if isinstance(payload, InventoryDecremented):
+        stock = payload.stock_after
+        units_sold += payload.quantity
+        last_order_id = payload.order_id
+    elif isinstance(payload, ProductCreated | ProductSnapshot):
+        stock = payload.stock
+    elif isinstance(payload, StockAdjusted):
+        stock = payload.stock_after
+    elif isinstance(payload, ProductUpdated):
+        if row is None:
+            # Name and price only: without the product's earlier events there is no stock level to show yet.
+            return None
+        stock = row.stock
+    else:
         raise InvalidEventError(f"{event.type} is not an inventory event")
     return StockRow(
         product_id=payload.product_id,
-        stock=payload.stock_after,
-        units_sold=(row.units_sold if row else 0) + payload.quantity,
-        version=event.version if event.version is not None else (row.version if row else 0),
-        last_order_id=payload.order_id,
+        stock=stock,
+        units_sold=units_sold,
+        version=version,
+        last_order_id=last_order_id,
         updated_at=event.occurred_at,
         last_event_id=event.event_id,
     )
@@ -64,7 +94,9 @@ class StockViewSink(PostgresFoldSink[StockRow]):
     """The `stock_view` read model on Postgres."""
 
     name: ClassVar[str] = "stock_view"
-    event_types: ClassVar[frozenset[str]] = frozenset({"InventoryDecremented"})
+    event_types: ClassVar[frozenset[str]] = frozenset(
+        {"ProductCreated", "ProductUpdated", "StockAdjusted", "InventoryDecremented", "ProductSnapshot"}
+    )
     table: ClassVar[str] = "stock_view"
     key_column: ClassVar[str] = "product_id"
     columns: ClassVar[tuple[str, ...]] = (

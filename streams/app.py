@@ -7,17 +7,30 @@ Commit discipline: the agent iterates `stream.noack_take(...)`, which never acks
 of a batch only after `BatchProcessor.process` returned, i.e. after every event was written to the sink or to
 the dead-letter topic. Faust commits only acked offsets, so nothing is committed past an unwritten event, even
 when the worker is stopped or killed mid-retry (a plain `take()` acks in a `finally`, on the way out too).
+
+A crashed agent ends the process. Faust's default agent supervisor (mode's OneForOneSupervisor) logs the crash
+and starts a new actor on the same stream: the records the dead actor held were never acked, so Faust never
+commits past them again, and the read model silently stops advancing while the process looks alive. The agent
+is therefore supervised by mode's `CrashingSupervisor`, which marks the whole worker crashed: the worker stops
+and `execute_from_commandline` re-raises the crash. `run_worker` turns that into exit status
+`EXIT_AGENT_CRASHED`, and a watchdog ends the process with it if the shutdown takes longer than
+`worker_stop_timeout`. A supervisor (`cdcflow worker`, systemd, Kubernetes) then restarts it, and the
+uncommitted records are consumed again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import faust
+from mode.supervisors import CrashingSupervisor
+from prometheus_client import start_http_server
 
 from cdc.kafka import ensure_topics, faust_credentials
 from cdc.logs import get_logger
@@ -28,6 +41,9 @@ from streams.dlq import dead_letter_headers
 from streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord
 
 log = get_logger(__name__)
+
+#: Exit status of a worker whose agent crashed (EX_SOFTWARE: an internal error).
+EXIT_AGENT_CRASHED = 70
 
 
 @dataclass(frozen=True)
@@ -94,8 +110,33 @@ def broker_urls(settings: Settings) -> list[str]:
     return [f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap_servers.split(",") if hp.strip()]
 
 
-def create_app(settings: Settings, spec: WorkerSpec) -> tuple[faust.App, BatchProcessor]:
+class CrashWatch:
+    """Remembers an agent crash; once crashed, the process ends within `timeout` seconds whatever happens."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.reason: BaseException | None = None
+
+    def crashed(self, agent: str, exc: BaseException) -> None:
+        """The agent is about to die of `exc`: log it, and make sure the process ends."""
+        if self.reason is None:
+            self.reason = exc
+            log.critical("agent_crashed", agent=agent, error=repr(exc), exit_status=EXIT_AGENT_CRASHED,
+                         exc_info=exc)
+            timer = threading.Timer(self.timeout, self._force_exit)
+            timer.daemon = True
+            timer.start()
+
+    def _force_exit(self) -> None:
+        log.critical("agent_crashed_shutdown_timeout", seconds=self.timeout, exit_status=EXIT_AGENT_CRASHED)
+        os._exit(EXIT_AGENT_CRASHED)
+
+
+def create_app(
+    settings: Settings, spec: WorkerSpec, crash: CrashWatch | None = None
+) -> tuple[faust.App, BatchProcessor]:
     """The Faust app of one read model (its consumer group), with its agent and processor."""
+    crash = crash or CrashWatch(settings.worker_stop_timeout)
     app = faust.App(
         spec.group_id,
         broker=broker_urls(settings),
@@ -104,6 +145,8 @@ def create_app(settings: Settings, spec: WorkerSpec) -> tuple[faust.App, BatchPr
         autodiscover=False,
         web_enabled=settings.worker_web_port is not None,
         web_port=settings.worker_web_port or 6066,
+        web_bind=settings.worker_host,
+        web_host=settings.worker_host,
         consumer_auto_offset_reset="earliest",
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=settings.kafka_replication_factor,
@@ -121,22 +164,29 @@ def create_app(settings: Settings, spec: WorkerSpec) -> tuple[faust.App, BatchPr
         sink,
         FaustDeadLetterPublisher(app),
         Backoff(settings.sink_retry_initial, settings.sink_retry_max),
+        max_record_bytes=settings.stream_max_record_bytes,
     )
     source = app.topic(spec.topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
     bound = log.bind(read_model=spec.read_model, topic=spec.topic, group_id=spec.group_id)
 
+    agent_name = f"{spec.read_model}_agent"
+
     async def consume(stream: Any) -> None:
         batches = stream.noack_take(settings.stream_batch_size, within=settings.stream_batch_within)
-        async for events in batches:
-            records = [raw_record(e) for e in events]
-            result = await processor.process(records)
-            for event in events:
-                await stream.ack(event)
-            bound.debug("batch_acked", events=len(events), written=result.written, dead=len(result.dead),
-                        last_offset=records[-1].offset, partition=records[-1].partition)
+        try:
+            async for events in batches:
+                records = [raw_record(e) for e in events]
+                result = await processor.process(records)
+                for event in events:
+                    await stream.ack(event)
+                bound.debug("batch_acked", events=len(events), written=result.written, dead=len(result.dead),
+                            last_offset=records[-1].offset, partition=records[-1].partition)
+        except Exception as exc:  # not CancelledError (a stop or a rebalance): that one is Faust's
+            crash.crashed(agent_name, exc)
+            raise
 
-    app.agent(source, name=f"{spec.read_model}_agent")(consume)
+    app.agent(source, name=agent_name, supervisor_strategy=CrashingSupervisor)(consume)
 
     return app, processor
 
@@ -155,15 +205,24 @@ def prepare_topics(settings: Settings, spec: WorkerSpec, attempts: int = 10) -> 
 
 
 def run_worker(settings: Settings, spec: WorkerSpec) -> NoReturn:
-    """Run one read model's worker in this process until stopped (SIGTERM/SIGINT)."""
+    """Run one read model's worker in this process until stopped (SIGTERM/SIGINT: exit 0).
+
+    Exits with EXIT_AGENT_CRASHED when its agent crashed."""
     prepare_topics(settings, spec)
-    app, processor = create_app(settings, spec)
+    crash = CrashWatch(settings.worker_stop_timeout)
+    app, processor = create_app(settings, spec, crash)
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_host)
     log.info("worker_starting", read_model=spec.read_model, topic=spec.topic, group_id=spec.group_id,
-             namespace=spec.namespace)
+             namespace=spec.namespace, metrics_port=settings.worker_metrics_port or None)
     worker = faust.Worker(
         app, loglevel=settings.log_level, override_logging=False, redirect_stdouts=False, quiet=True
     )
     try:
         worker.execute_from_commandline()
+    except SystemExit:
+        if crash.reason is not None:
+            raise SystemExit(EXIT_AGENT_CRASHED) from crash.reason
+        raise
     finally:
         processor.close()

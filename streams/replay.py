@@ -366,7 +366,7 @@ def _run_phase(
     report.phases.append(phase)
     backoff = Backoff(settings.sink_retry_initial, settings.sink_retry_max)
     _setup_retrying(sink, backoff)  # even with nothing to read: a rebuilt empty model is still a model
-    processor = BatchProcessor(sink, dead_letters, backoff)
+    processor = BatchProcessor(sink, dead_letters, backoff, max_record_bytes=settings.stream_max_record_bytes)
     try:
         asyncio.run(_drain(reader, phase, processor, settings.stream_batch_size, progress))
     finally:

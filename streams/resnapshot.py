@@ -4,8 +4,14 @@
   order (the unique (order_id, version) index serves the sort). The event store keeps no topic or headers, so
   the topic is `orders`, and the headers (trace id …) come from the event's outbox document while it still
   exists (published ones expire after `outbox_retention_seconds`), else schema version and source service.
-- `product`, `clickstream`: their `outbox` documents, published or not, in creation order. The outbox is not an
-  event store: published documents expire after `outbox_retention_seconds`, so only the retained ones come back.
+- `product`: the stored state, one ProductSnapshot per product (its name, price and stock at its current
+  version) from the `products` collection; the outbox is not an event store (published documents expire after
+  `outbox_retention_seconds`), but the products collection always holds every product. A read model takes a
+  snapshot at a later version than it has, or at the same version when its stock differs (a repair). The event
+  id is derived from (database, product, version), so a second resnapshot of an unchanged product repeats it.
+  A product at version 0 (stored before the catalogue had events) has no version to give: it is counted as
+  `skipped_unversioned`, and its next seed or purchase creates it (ProductCreated).
+- `clickstream`: its `outbox` documents, published or not, in creation order; only the retained ones come back.
 
 Records are what the tailer sends (value = event JSON, key = aggregate id, the same headers), through the
 tailer's idempotent publisher; same event ids and versions, so every sink applies them at most once in effect.
@@ -15,6 +21,7 @@ Nothing in MongoDB is modified, and reads are batched (one query per batch) to k
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +29,14 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.collection import Collection
 
+from cdc.acks import InFlight, Sent
 from cdc.errors import CdcError, InvalidEventError
-from cdc.event import H_SCHEMA, H_SOURCE, SCHEMA_VERSION, Event
+from cdc.event import H_SCHEMA, H_SOURCE, SCHEMA_VERSION, Event, utcnow
 from cdc.logs import get_logger
 from cdc.mongo import mongo_client
 from cdc.outbox import CREATION_ORDER, OUTBOX_COLLECTION
-from cdc.publisher import InFlight, Publisher, Sent
-from cdc.schemas import TOPIC_ORDERS
+from cdc.publisher import Publisher
+from cdc.schemas import TOPIC_INVENTORY, TOPIC_ORDERS, ProductSnapshot, payload_json
 from cdc.services import service_database as name_of
 from cdc.settings import Settings
 from streams.progress import NoProgress, Progress
@@ -45,6 +53,11 @@ BATCH = 500
 #: The order service's event store and source name (producers/order.py).
 ORDER_EVENTS = "order_events"
 ORDER_SOURCE = "order-service"
+#: The product service's state and source name (producers/product.py).
+PRODUCTS = "products"
+PRODUCT_SOURCE = "product-service"
+#: Namespace of the snapshot event ids (uuid5 of database/product/version).
+SNAPSHOT_NAMESPACE = uuid.UUID("5b3f3d1e-7a61-4f0c-9c56-2f0d6c1b8a47")
 
 
 class ResnapshotError(CdcError):
@@ -60,6 +73,7 @@ class ResnapshotReport:
     source: str
     topics: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
+    unversioned: int = 0
     seconds: float = 0.0
 
     @property
@@ -70,7 +84,15 @@ class ResnapshotReport:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
         return {"service": self.service, "database": self.database, "source": self.source, "events": self.events,
-                "topics": self.topics, "skipped_invalid": self.skipped, "seconds": round(self.seconds, 3)}
+                "topics": self.topics, "skipped_invalid": self.skipped, "skipped_unversioned": self.unversioned,
+                "seconds": round(self.seconds, 3)}
+
+
+def _check_refusals(inflight: InFlight) -> None:
+    if inflight.refusals:
+        first = inflight.refusals[0]
+        raise ResnapshotError(f"kafka refused {len(inflight.refusals)} event(s), e.g. {first.event_id} on "
+                              f"{first.topic}: {first.refused}")
 
 
 def service_database(settings: Settings, service: str) -> str:
@@ -126,6 +148,39 @@ def _outbox_events(database: Any, skipped: list[str]) -> Iterator[Event]:
             log.error("resnapshot_skipped", event_id=str(doc.get("_id")), error=str(exc))
 
 
+def snapshot_event_id(database: str, product_id: str, version: int) -> str:
+    """The id of a product's snapshot at `version`: the same on every resnapshot of the same state."""
+    return str(uuid.uuid5(SNAPSHOT_NAMESPACE, f"{database}/{product_id}/{version}"))
+
+
+def _product_snapshots(database: Any, skipped: list[str], unversioned: list[str]) -> Iterator[Event]:
+    """One ProductSnapshot per product, at its current version, in product id order."""
+    products: Collection[Document] = database[PRODUCTS]
+    trace_id = uuid.uuid4().hex  # one trace for the whole resnapshot
+    taken_at = utcnow()
+    for doc in products.find({}).sort("_id", ASCENDING).batch_size(BATCH):
+        product_id = str(doc.get("_id"))
+        version = doc.get("version")
+        if not isinstance(version, int) or version < 1:
+            unversioned.append(product_id)
+            log.warning("resnapshot_unversioned_product", product_id=product_id,
+                        hint="no event describes it yet; its next seed or purchase creates it")
+            continue
+        try:
+            payload = ProductSnapshot.build(product_id=product_id, name=doc.get("name"), price=doc.get("price"),
+                                      stock=doc.get("stock"))
+            event = Event.create(
+                topic=TOPIC_INVENTORY, aggregate_type="Product", aggregate_id=product_id, type="ProductSnapshot",
+                version=version, payload=payload_json(payload), source_service=PRODUCT_SOURCE, trace_id=trace_id,
+                occurred_at=taken_at,
+            )
+        except InvalidEventError as exc:
+            skipped.append(product_id)
+            log.error("resnapshot_skipped", product_id=product_id, error=str(exc))
+            continue
+        yield event.model_copy(update={"event_id": snapshot_event_id(database.name, product_id, version)})
+
+
 def resnapshot(
     settings: Settings,
     service: str,
@@ -140,15 +195,15 @@ def resnapshot(
     field is rewritten to match, as if it had been produced for that topic.
     """
     database_name = service_database(settings, service)
-    source = ORDER_EVENTS if service == "order" else OUTBOX_COLLECTION
+    source = {"order": ORDER_EVENTS, "product": PRODUCTS}.get(service, OUTBOX_COLLECTION)
     report = ResnapshotReport(service, database_name, source)
     bar: Progress = progress or NoProgress()
     started = time.perf_counter()
     client = mongo_client(settings)
     publisher = Publisher(settings, source=f"resnapshot-{service}")
-    publisher.use_bulk(True)  # a re-emit is one long backlog: fewer, larger requests
     inflight = InFlight()
     skipped: list[str] = []
+    unversioned: list[str] = []
     sent: dict[str, int] = {}
     try:
         database = client.get_database(database_name)
@@ -158,27 +213,35 @@ def resnapshot(
             total = 0
         bar.phase(f"resnapshot {service}", total)
         log.info("resnapshot_starting", service=service, database=database_name, source=source, estimate=total)
-        events = _order_events(database, skipped) if service == "order" else _outbox_events(database, skipped)
+        if service == "order":
+            events = _order_events(database, skipped)
+        elif service == "product":
+            events = _product_snapshots(database, skipped, unversioned)
+        else:
+            events = _outbox_events(database, skipped)
         acked = 0
         for event in events:
             if topic:
                 event = event.model_copy(update={"topic": topic})
-            entry = Sent(event.event_id, None, None)
-            publisher.send(event, entry, inflight)
+            entry = Sent(event.event_id, None, None, topic=event.topic)
+            publisher.send_event(event, entry, inflight)
             sent[event.topic] = sent.get(event.topic, 0) + 1
             if publisher.fatal:
                 raise ResnapshotError(f"kafka producer failed: {publisher.fatal}")
-            done = len(inflight.take_acked_prefix())
+            _check_refusals(inflight)
+            done = len(inflight.take_done_prefix())
             if done:
                 acked += done
                 bar.advance(done)
         deadline = time.monotonic() + timeout
         while publisher.outstanding() and time.monotonic() < deadline and not inflight.failed:
             publisher.flush(0.5)
-            done = len(inflight.take_acked_prefix())
+            _check_refusals(inflight)
+            done = len(inflight.take_done_prefix())
             acked += done
             bar.advance(done)
-        acked += len(inflight.take_acked_prefix())
+        _check_refusals(inflight)
+        acked += len(inflight.take_done_prefix())
         if inflight.failed or publisher.fatal:
             raise ResnapshotError(f"kafka refused events: {inflight.failed or publisher.fatal}")
         if publisher.outstanding() or acked != sum(sent.values()):
@@ -188,11 +251,13 @@ def resnapshot(
             )
         report.topics = sent
         report.skipped = len(skipped)
+        report.unversioned = len(unversioned)
         return report
     finally:
         publisher.close(timeout=5.0)
         client.close()
         report.seconds = time.perf_counter() - started
         log.info("resnapshot_done", service=service, database=database_name, events=report.events,
-                 topics=report.topics, skipped=report.skipped, seconds=round(report.seconds, 3))
+                 topics=report.topics, skipped=report.skipped, unversioned=report.unversioned,
+                 seconds=round(report.seconds, 3))
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -83,6 +85,63 @@ def stock_events(topic: str, product_id: str, start_stock: int, quantities: Sequ
         out.append(Event.create(topic=topic, aggregate_type="Product", aggregate_id=product_id,
                                 type="InventoryDecremented", payload=payload_json(p), version=v))
     return out
+
+
+# Records of every class that cannot be decoded, for a worker with `stream_max_record_bytes` = this.
+POISON_MAX_BYTES = 16384
+
+
+def poison_values(topic: str, aggregate: str = "bad") -> list[tuple[str, bytes, str]]:
+    """(class, record value, words of the dead-letter reason) for each kind of record that cannot be decoded.
+
+    Each event-shaped one has an aggregate and event id of its own (`<aggregate><i>`), so holds they imply
+    touch no other aggregate."""
+    good = order_lifecycle(topic, "o1", "c1", ["a"], [])[0].to_json_dict()
+    counter = iter(range(1000))
+
+    def envelope(**changes: Any) -> bytes:
+        i = next(counter)
+        data = {**good, "event_id": str(uuid.UUID(int=0x5D0F6A52 * 2**96 + i)), "aggregate_id": f"{aggregate}{i}",
+                **changes}
+        return json.dumps(data).encode()
+
+    def raw_envelope(text: str) -> bytes:
+        return envelope(payload={"x": 0}).decode().replace('{"x": 0}', text).encode()
+
+    items = [{"product_id": "a", "quantity": -1, "unit_price": "1.00"}]
+    return [
+        ("too deep", b"[" * 5000 + b"]" * 5000, "too deeply nested"),
+        ("too deep inside an event", raw_envelope("[" * 5000 + "]" * 5000), "too deeply nested"),
+        ("deep but parseable", raw_envelope('{"x": ' + "[" * 900 + "]" * 900 + "}"), "invalid event"),
+        ("an int of 5,000 digits", envelope(version=0).replace(b'"version": 0', b'"version": ' + b"9" * 5000),
+         "Exceeds the limit (4300 digits)"),
+        ("too large", envelope(payload={"order_id": "o1", "pad": "x" * 20000}), "record too large"),
+        ("not UTF-8", envelope(payload={"order_id": "\u00e9"}).replace(b"\\u00e9", b"\xe9"), "malformed JSON"),
+        ("a lone surrogate", envelope(payload={"order_id": "o1", "customer_id": "\ud800", "items": []}),
+         "lone surrogate"),
+        ("not an object: a list", b"[1, 2]", "must be a JSON object"),
+        ("not an object: a string", b'"OrderCreated"', "must be a JSON object"),
+        ("not an object: null", b"null", "must be a JSON object"),
+        ("empty", b"", "malformed JSON"),
+        ("truncated", envelope()[:40], "malformed JSON"),
+        ("wrong type: version", envelope(version="two"), "version"),
+        ("wrong type: payload", envelope(payload=[1, 2]), "payload"),
+        ("out of range: version 0", envelope(version=0), "version"),
+        ("out of range: quantity", envelope(payload={"order_id": "o1", "customer_id": "c1", "total": "1.00",
+                                                     "items": items}), "quantity"),
+        ("out of range: total over 12 digits", envelope(payload={"order_id": "o1", "customer_id": "c1",
+                                                                 "total": "1" * 13, "items": []}), "payload"),
+        ("NaN", raw_envelope('{"x": NaN}'), "finite number"),
+        ("too long: a topic name", envelope(topic="t" * 300), "topic"),
+        # ids a store could not index: the event's own limit refuses them before any store sees them
+        ("too long: an aggregate id", envelope(aggregate_id="o" * 3000), "at most 200 characters"),
+        ("too long: a product id", envelope(payload={"order_id": "o1", "customer_id": "c1", "total": "1.00",
+                                                     "items": [{**items[0], "product_id": "p" * 5000,
+                                                                "quantity": 1}]}), "at most 200 characters"),
+        ("not a UUID", envelope(event_id="oops"), "event_id"),
+        ("unknown type", envelope(type="OrderTeleported"), "unknown event type"),
+        ("not handled here", envelope(type="PageViewed"), "invalid PageViewed payload"),
+    ]
 
 
 # -- Kafka ----------------------------------------------------------------------------------------------

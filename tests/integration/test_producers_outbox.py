@@ -42,8 +42,8 @@ def client(settings: Settings, mongo: Server) -> Iterator[MongoClient[Document]]
 def writer(client: MongoClient[Document], settings: Settings) -> Iterator[OutboxWriter]:
     db = unique("prodtest_product_service")
     w = OutboxWriter(client, db, max_event_bytes=settings.max_event_bytes)
-    w.ensure_indexes(settings.outbox_retention_seconds)
-    seed_catalogue(w.database, [ProductIn(id="p-1", name="Lamp", price=Decimal("19.90"), stock=5)])
+    w.ensure_indexes()
+    seed_catalogue(w, [ProductIn(id="p-1", name="Lamp", price=Decimal("19.90"), stock=5)])  # ProductCreated v1
     yield w
     client.drop_database(db)
 
@@ -56,12 +56,12 @@ def stock(writer: OutboxWriter) -> tuple[int, int]:
 
 def test_purchase_writes_stock_and_event_together(writer: OutboxWriter) -> None:
     result = purchase(writer, "p-1", 2, order_id="o-1", customer_id="c-1")
-    assert stock(writer) == (3, 1)
-    docs = list(writer.outbox.find())
-    assert len(docs) == 1
+    assert stock(writer) == (3, 2)
+    docs = list(writer.outbox.find({"version": 2}))
+    assert len(docs) == 1 and writer.outbox.count_documents({}) == 2
     event = Event.parse(docs[0])
     assert (event.event_id, event.type, event.topic) == (result.event_id, "InventoryDecremented", "inventory")
-    assert (event.aggregate_type, event.aggregate_id, event.version) == ("Product", "p-1", 1)
+    assert (event.aggregate_type, event.aggregate_id, event.version) == ("Product", "p-1", 2)
     assert event.payload == {
         "product_id": "p-1",
         "quantity": 2,
@@ -70,7 +70,7 @@ def test_purchase_writes_stock_and_event_together(writer: OutboxWriter) -> None:
         "customer_id": "c-1",
     }
     assert event.headers["source_service"] == "product-service"
-    assert docs[0]["published"] is False and docs[0]["published_at"] is None
+    assert "published" not in docs[0] and "published_at" not in docs[0]  # the tailer keeps no marks here
 
 
 def test_insufficient_stock_writes_nothing(writer: OutboxWriter) -> None:
@@ -78,8 +78,8 @@ def test_insufficient_stock_writes_nothing(writer: OutboxWriter) -> None:
         purchase(writer, "p-1", 6)
     with pytest.raises(UnknownProductError):
         purchase(writer, "p-404", 1)
-    assert stock(writer) == (5, 0)
-    assert writer.outbox.count_documents({}) == 0
+    assert stock(writer) == (5, 1)
+    assert writer.outbox.count_documents({}) == 1  # the product's ProductCreated only
 
 
 def test_failure_between_the_two_writes_leaves_neither(
@@ -94,8 +94,8 @@ def test_failure_between_the_two_writes_leaves_neither(
     monkeypatch.setattr(writer, "_insert", crash)
     with pytest.raises(RuntimeError, match="injected"):
         purchase(writer, "p-1", 1)
-    assert stock(writer) == (5, 0)
-    assert writer.outbox.count_documents({}) == 0
+    assert stock(writer) == (5, 1)
+    assert writer.outbox.count_documents({}) == 1  # the product's ProductCreated only
 
 
 def test_failure_after_both_writes_before_commit_leaves_neither(
@@ -105,14 +105,14 @@ def test_failure_after_both_writes_before_commit_leaves_neither(
 
     def insert_then_crash(session: ClientSession, events: list[Event]) -> None:
         real_insert(session, events)
-        assert writer.outbox.count_documents({}, session=session) == 1
+        assert writer.outbox.count_documents({}, session=session) == 2
         raise RuntimeError("injected failure before commit")
 
     monkeypatch.setattr(writer, "_insert", insert_then_crash)
     with pytest.raises(RuntimeError, match="injected"):
         purchase(writer, "p-1", 1)
-    assert stock(writer) == (5, 0)
-    assert writer.outbox.count_documents({}) == 0
+    assert stock(writer) == (5, 1)
+    assert writer.outbox.count_documents({}) == 1  # the product's ProductCreated only
 
 
 def test_oversized_event_is_refused_at_write_time(writer: OutboxWriter) -> None:
@@ -132,11 +132,11 @@ def test_oversized_event_is_refused_at_write_time(writer: OutboxWriter) -> None:
     with pytest.raises(EventTooLargeError, match="1024-byte limit"):
         small.transact(work)
     assert small.database["page_views"].count_documents({}) == 0
-    assert small.outbox.count_documents({}) == 0
+    assert small.outbox.count_documents({"type": "PageViewed"}) == 0
 
 
 def test_outbox_indexes(writer: OutboxWriter, settings: Settings) -> None:
     indexes = writer.outbox.index_information()
     assert indexes["creation_order"]["key"] == [("occurred_at", 1), ("version", 1), ("_id", 1)]
-    assert dict(indexes["unpublished"]["partialFilterExpression"]) == {"published": False}
-    assert indexes["published_ttl"]["expireAfterSeconds"] == settings.outbox_retention_seconds
+    # No TTL index: retention is the tailer's, which never deletes what has not reached Kafka.
+    assert not [i for i in indexes.values() if "expireAfterSeconds" in i]

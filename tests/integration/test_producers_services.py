@@ -10,14 +10,18 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 from pymongo import MongoClient, monitoring
 
+from cdc.http_api import ApiError, ApiKind, auth_headers
+from cdc.limits import MAX_STOCK
 from cdc.mongo import mongo_client
 from cdc.outbox_writer import OutboxWriter
 from cdc.schemas import OrderItem
@@ -38,6 +42,7 @@ from producers.order_state import (
     TransitionError,
 )
 from tests.helpers import free_port, unique, wait_for
+from tests.http_support import WRITE_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -150,6 +155,29 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("clickstream", "POST", "/pageviews/batch", {"json": []}, 422, "at least 1"),
     ("clickstream", "POST", "/pageviews/batch", {"json": [{"user_id": "u"}]}, 422, "url"),
     ("clickstream", "POST", "/pageviews/batch", {"json": {"user_id": "u", "url": "/"}}, 422, "valid list"),
+    # Found by Schemathesis: out of range numbers and times were 500s.
+    ("product", "POST", "/products", {"json": [{"id": "x", "name": "X", "price": "1", "stock": 2**63}]}, 422,
+     f"stock: Input should be less than or equal to {MAX_STOCK}"),
+    ("product", "POST", f"/products/seed?stock={2**63}", {}, 422, "stock"),
+    ("product", "POST", f"/products/p-1/purchase?quantity={2**63}", {}, 422, "quantity"),
+    ("order", "POST", "/orders",
+     {"json": {"customer_id": "c", "items": [{"product_id": "p", "quantity": 2**63, "unit_price": "1"}]}}, 422,
+     "items.0.quantity: Input should be less than or equal to 1000000"),
+    ("order", "POST", "/orders",
+     {"json": {"customer_id": "c", "items": [{"product_id": "p", "quantity": 1000, "unit_price": "99999999.99"}]}},
+     422, "over the largest amount an order may have"),
+    ("clickstream", "POST", "/pageviews",
+     {"json": {"user_id": "u", "url": "/", "timestamp": "0001-01-01T00:00:00+01:00"}}, 422,
+     "timestamp: Value error, out of the representable range once converted to UTC"),
+    ("clickstream", "POST", "/pageviews/batch",
+     {"json": [{"user_id": "u", "url": "/", "timestamp": "9999-12-31T23:59:59-01:00"}]}, 422, "timestamp"),
+    ("clickstream", "POST", "/pageviews", {"json": {"user_id": "u", "url": "/", "timestamp": "2999-01-01T00:00:00Z"}},
+     422, "more than a day in the future"),
+    ("clickstream", "POST", "/pageviews", {"json": {"user_id": "u", "url": "/", "timestamp": 0}}, 422,
+     "expected an ISO-8601 date-time string"),
+    ("clickstream", "POST", "/pageviews", {"json": {"user_id": "u" * 201, "url": "/"}}, 422, "user_id"),
+    ("clickstream", "POST", "/pageviews/batch", {"content": b"[" + b" " * (2 * 1024 * 1024) + b"]",
+     "headers": {"content-type": "application/json"}}, 413, "over the limit of 1048576 bytes"),
 ]
 
 
@@ -176,6 +204,23 @@ def test_bad_input_gets_a_reason_never_a_500(
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert reason in response.json()["detail"]
+    body = ApiError.model_validate(response.json())  # the one error body, as the OpenAPI schema declares it
+    assert isinstance(body.detail, str) and (body.errors is not None) == (status == 422)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_every_route_declares_its_errors_with_the_one_error_body(svc_settings: Settings, name: str) -> None:
+    schema = FACTORIES[name](svc_settings).openapi()
+    assert schema["components"]["schemas"]["ApiError"]["required"] == ["detail"]
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            errors = {code: r for code, r in operation["responses"].items() if code >= "400"}
+            if path != "/health":
+                assert {"401", "403", "422", "503", "504"} <= set(errors), (method, path, sorted(errors))
+            for code, response in errors.items():
+                ref = response["content"]["application/json"]["schema"]["$ref"]
+                assert ref == "#/components/schemas/ApiError", (method, path, code)
 
 
 def test_refund_twice_and_refused_writes_leave_no_event(apps: dict[str, TestClient]) -> None:
@@ -344,7 +389,17 @@ def test_state_from_snapshot_and_tail_equals_full_replay(
 
 @pytest.fixture
 def served(svc_settings: Settings) -> Iterator[Targets]:
-    s = svc_settings.model_copy(update={"service_db_prefix": unique("prodload") + "_"})
+    yield from _served(svc_settings.model_copy(update={"service_db_prefix": unique("prodload") + "_"}))
+
+
+@pytest.fixture
+def served_with_key(svc_settings: Settings) -> Iterator[Targets]:
+    yield from _served(svc_settings.model_copy(update={
+        "service_db_prefix": unique("prodkey") + "_", "write_api_key": SecretStr(WRITE_KEY),
+    }))
+
+
+def _served(s: Settings) -> Iterator[Targets]:
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
     urls: dict[str, str] = {}
     for name, factory in FACTORIES.items():
@@ -361,7 +416,10 @@ def served(svc_settings: Settings) -> Iterator[Targets]:
     try:
         for server, _ in servers:
             wait_for(lambda server=server: server.started, timeout=30, what="uvicorn start")  # type: ignore[misc]
-        yield Targets(product=urls["product"], order=urls["order"], clickstream=urls["clickstream"])
+        yield Targets(
+            product=urls["product"], order=urls["order"], clickstream=urls["clickstream"],
+            headers=auth_headers(s, ApiKind.WRITE),
+        )
     finally:
         for server, thread in servers:
             server.should_exit = True
@@ -381,3 +439,14 @@ def test_load_generates_the_whole_lifecycle_at_about_the_target_rate(served: Tar
         assert report.requests[action] > 0, f"no {action} in {dict(report.requests)}"
     achieved = report.as_dict()["achieved_request_rate"]
     assert achieved >= 40 * 0.7, report.render()
+
+
+def test_load_sends_the_write_key_when_one_is_configured(served_with_key: Targets) -> None:
+    mix = Mix(buy=0.5, step_delay=0.05, products=3)
+    assert served_with_key.headers == {"Authorization": f"Bearer {WRITE_KEY}"}
+    report = run_load(served_with_key, rate=20, duration=2, seed=3, workers=8, mix=mix)
+    assert report.failed == 0 and report.ok > 0, report.failures
+    without = Targets(served_with_key.product, served_with_key.order, served_with_key.clickstream)
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        run_load(without, rate=20, duration=1, seed=3, workers=8, mix=mix)
+    assert info.value.response.status_code == 401

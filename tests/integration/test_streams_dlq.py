@@ -73,7 +73,8 @@ def test_poison_messages_go_to_the_dlq_and_the_worker_goes_on(
         # the CLI shows the same letters
         out = cli("dlq", "list", "--topic", topic, "--json")
         assert out.returncode == 0, out.stderr
-        listed = json.loads(out.stdout)
+        listed = [json.loads(line) for line in out.stdout.splitlines()]  # JSON lines, one per dead letter
+        assert {x["source"] for x in listed} == {"worker"}
         assert sorted(x["source_offset"] for x in listed) == sorted(x.source_offset for x in letters)
 
         # replay re-drives each letter once to the source topic; still poison → dead-lettered again, worker alive

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc.checkpoint import CheckpointStore, FencedError
+from cdc.checkpoint import CheckpointStore, FencedError, Position
 from cdc.lease import Lease
 from cdc.mongo import mongo_client
 from cdc.settings import Settings
@@ -45,7 +45,7 @@ def test_standby_takes_over_after_kill9(settings: Settings, mongo: Server, kafka
         active = next(p for p in procs if holder.endswith(f":{p.pid}"))
         standby = next(p for p in procs if p is not active)
         writer.start()
-        wait_for(lambda: client[db].outbox.count_documents({"published": True}) > 200, 60, what="progress")
+        wait_for(lambda: reader.seen() > 200, 60, what="progress")
         killed_at = time.monotonic()
         kill9(active)
         wait_for(lambda: (leases.find_one({"_id": f"{db}.outbox"}) or {}).get("owner", "").endswith(
@@ -79,24 +79,50 @@ def test_paused_leader_cannot_checkpoint_after_losing_the_lease(settings: Settin
     try:
         assert old.try_acquire()
         assert old.fence is not None
-        store.stamp_fence(key, old.fence)
-        store.save(key, {"_data": "01"}, old.fence, old.owner)
+        old_session = store.begin_session(key, old.fence)
+        store.save(key, _at("01"), fence=old.fence, session=old_session, seq=1, owner=old.owner)
         assert not new.try_acquire(), "a live lease must not be taken over"
         # The old leader pauses (no heartbeat) past its TTL; the standby takes over and checkpoints.
         wait_for(lambda: new.try_acquire(), 10, what="takeover after expiry")
         assert new.fence is not None and new.fence > old.fence
-        store.stamp_fence(key, new.fence)
+        new_session = store.begin_session(key, new.fence)
         assert not old.held
         # The old leader wakes up and tries to write its (older) position: refused, before and after the
         # new leader's first checkpoint.
         with pytest.raises(FencedError):
-            store.save(key, {"_data": "02"}, old.fence, old.owner)
-        store.save(key, {"_data": "03"}, new.fence, new.owner)
+            store.save(key, _at("02"), fence=old.fence, session=old_session, seq=2, owner=old.owner)
+        store.save(key, _at("03"), fence=new.fence, session=new_session, seq=1, owner=new.owner)
         with pytest.raises(FencedError):
-            store.save(key, {"_data": "02"}, old.fence, old.owner)
+            store.save(key, _at("02"), fence=old.fence, session=old_session, seq=3, owner=old.owner)
         assert not old.renew()
         assert store.load(key).token == {"_data": "03"}
     finally:
         state["leases"].delete_one({"_id": key})
+        state["checkpoints"].delete_one({"_id": key})
+        client.close()
+
+
+def _at(data: str) -> Position:
+    return Position({"_data": data}, None, None)
+
+
+def test_checkpoint_never_moves_backwards(settings: Settings, mongo: Server) -> None:
+    """A late write of an earlier session (or an earlier write of this one) does not overwrite a newer one."""
+    client = mongo_client(settings)
+    state = client[settings.tailer_state_database]
+    key = f"{unique('tail_mono')}.outbox"
+    store = CheckpointStore(state["checkpoints"])
+    try:
+        first = store.begin_session(key, fence=1)
+        second = store.begin_session(key, fence=1)
+        assert second > first
+        store.save(key, _at("10"), fence=1, session=second, seq=1)
+        # A stalled write of the earlier session arrives late: dropped without an error (same leader).
+        store.save(key, _at("09"), fence=1, session=first, seq=7)
+        assert store.load(key).token == {"_data": "10"}
+        store.save(key, _at("11"), fence=1, session=second, seq=3)
+        store.save(key, _at("10b"), fence=1, session=second, seq=2)  # reordered within the session
+        assert store.load(key).token == {"_data": "11"}
+    finally:
         state["checkpoints"].delete_one({"_id": key})
         client.close()

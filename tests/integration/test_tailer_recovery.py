@@ -13,7 +13,7 @@ from cdc.settings import Settings
 from cdc.tailer import Tailer
 from infra.servers.base import Server
 from infra.servers.mongo import MongoServer
-from tests.helpers import unique, wait_for
+from tests.helpers import free_port, unique, wait_for
 from tests.integration.test_tailer_support import (
     TopicReader,
     assert_per_aggregate_order,
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka")]
 @pytest.fixture
 def tiny_oplog(settings: Settings, kafka: Server) -> Iterator[Settings]:
     """A private SecantusDB keeping only 200 oplog entries (it prunes every 1,000 writes)."""
-    server = MongoServer(settings, instance=unique("mongo_tinyoplog"), port=28417,
+    server = MongoServer(settings, instance=unique("mongo_tinyoplog"), port=free_port(),
                          extra_args=["--oplog-max-entries", "200"])
     server.ensure_running()
     try:

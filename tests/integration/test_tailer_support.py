@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo.collection import Collection
 
 from cdc.event import Event, utcnow
@@ -134,6 +136,7 @@ class Record:
     event_id: str
     version: int | None
     headers: dict[str, bytes]
+    timestamp: float = 0.0  # the record's CreateTime: when its producer took it (seconds)
 
 
 class TopicReader:
@@ -152,6 +155,16 @@ class TopicReader:
         self.records: list[Record] = []
         self.ids: set[str] = set()
 
+    def produced_since(self, when: float, seconds: float = 0.1) -> bool:
+        """True once a record produced after `when` (wall clock) was read."""
+        self.poll(seconds)
+        return any(r.timestamp > when for r in self.records[-1000:])
+
+    def seen(self, seconds: float = 0.1) -> int:
+        """Distinct events read so far, after polling for `seconds`."""
+        self.poll(seconds)
+        return len(self.ids)
+
     def poll(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -163,7 +176,7 @@ class TopicReader:
                 assert value is not None and key is not None and partition is not None and offset is not None
                 event = Event.from_json(value)
                 self.records.append(Record(partition, offset, key.decode(), event.event_id, event.version,
-                                           headers))
+                                           headers, msg.timestamp()[1] / 1000))
                 self.ids.add(event.event_id)
 
     def wait_for(self, expected: set[str], timeout: float, diagnose: Callable[[], str] | None = None) -> None:
@@ -270,3 +283,19 @@ def running(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def scrape(port: int, source: str) -> dict[str, float]:
+    """The exporter's samples of one outbox, as {name or name:label_value: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("source") != source:
+                continue
+            extra = [v for k, v in sorted(sample.labels.items()) if k not in ("source", "le")]
+            le = sample.labels.get("le")
+            name = ":".join([sample.name, *extra] + ([f"le={le}"] if le else []))
+            samples[name] = sample.value
+    return samples

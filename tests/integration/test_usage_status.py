@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cdc.event import Event, utcnow
 from cdc.kafka import ensure_topics, kafka_config
 from cdc.mongo import mongo_client
-from cdc.outbox import mark_published, outbox_document
+from cdc.outbox import outbox_document
 from cdc.settings import Settings
 from cli.main import app
 from cli.status import LagStatus, LagTarget, gather_status, lag_status
@@ -61,6 +61,8 @@ def test_outbox_backlog_lease_and_checkpoint(settings: Settings, mongo_db: tuple
                                         "fence": 3})
     client[state]["checkpoints"].insert_one({"_id": key, "token": {"_data": "x"}, "fence": 3,
                                              "updated_at": now - timedelta(minutes=10)})
+    client[state]["dead_letters"].insert_one({"_id": f"{key}/x", "outbox": key, "document_id": "x", "kind": "invalid",
+                                              "reason": "not an event", "at": now, "replayed_at": None})
 
     status = gather_status(s, lag_targets=[], dlq_topics=[], client=client)
     by = {o.service: o for o in status.outboxes}
@@ -73,11 +75,12 @@ def test_outbox_backlog_lease_and_checkpoint(settings: Settings, mongo_db: tuple
     assert order.checkpoint_age_seconds is not None and 595 <= order.checkpoint_age_seconds <= 700
     assert by["product"].backlog == 0 and by["product"].leader is None
     assert not status.ok
-    assert any("3 unpublished events (max 2)" in p for p in status.problems), status.problems
+    assert any("3 events not yet on Kafka (max 2)" in p for p in status.problems), status.problems
     assert any("checkpoint is 10m" in w for w in status.warnings), status.warnings
+    assert order.dead_letters == 1 and any("1 outbox documents dead-lettered" in w for w in status.warnings)
 
-    # Published by the tailer: the backlog is gone and the verdict is OK again.
-    mark_published(outbox, [e.event_id for e in events])
+    # On Kafka: the tailer's checkpoint watermark reached the newest event; the backlog is gone, the verdict OK.
+    client[state]["checkpoints"].update_one({"_id": key}, {"$set": {"watermark": max(e.occurred_at for e in events)}})
     status = gather_status(s, lag_targets=[], dlq_topics=[], client=client)
     assert {o.service: o.backlog for o in status.outboxes}["order"] == 0
     assert status.ok, status.problems
@@ -91,7 +94,7 @@ def test_backlog_age_alone_fails_the_verdict(settings: Settings, mongo_db: tuple
     client[f"{prefix}order_service"]["outbox"].insert_one(outbox_document(_events(1, timedelta(minutes=2))[0]))
     status = gather_status(s, lag_targets=[], dlq_topics=[], client=client)
     assert not status.ok
-    assert any("oldest unpublished event is 2m" in p for p in status.problems), status.problems
+    assert any("oldest event not yet on Kafka is 2m" in p for p in status.problems), status.problems
 
 
 def _consume_and_commit(settings: Settings, group: str, topic: str, expected: int) -> None:

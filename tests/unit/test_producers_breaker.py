@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from pymongo.errors import AutoReconnect, DuplicateKeyError, ServerSelectionTimeoutError
+from pymongo.errors import (
+    AutoReconnect,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    NetworkTimeout,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WaitQueueTimeoutError,
+)
 
-from producers.breaker import BreakerOpenError, BreakerState, CircuitBreaker
+from producers.breaker import BreakerOpenError, BreakerState, CircuitBreaker, Failure, classify
 
 
 class Clock:
@@ -72,3 +80,33 @@ def test_business_errors_do_not_count() -> None:
         with pytest.raises(DuplicateKeyError):
             breaker.call(lambda: (_ for _ in ()).throw(DuplicateKeyError("dup", 11000)))
     assert breaker.state is BreakerState.CLOSED
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NetworkTimeout("timed out"),  # the call ran past call_timeout: slow, not down
+        WaitQueueTimeoutError("pool busy"),  # every pooled connection in use: saturated, not down
+        ExecutionTimeout("operation exceeded time limit", 50),  # a server-side time limit
+    ],
+    ids=["network-timeout", "wait-queue-timeout", "execution-timeout"],
+)
+def test_slow_or_busy_calls_do_not_open_the_breaker(error: PyMongoError) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, reset_seconds=1, clock=Clock())
+
+    def slow() -> None:
+        raise error
+
+    for _ in range(5):
+        with pytest.raises(type(error)):
+            breaker.call(slow)
+    assert breaker.state is BreakerState.CLOSED
+    assert classify(error) in (Failure.SLOW, Failure.BUSY)
+
+
+def test_outages_are_told_apart_from_slowness() -> None:
+    assert classify(ServerSelectionTimeoutError("no server")) is Failure.OUTAGE
+    assert classify(AutoReconnect("connection refused")) is Failure.OUTAGE
+    assert classify(NetworkTimeout("timed out")) is Failure.SLOW
+    assert classify(WaitQueueTimeoutError("busy")) is Failure.BUSY
+    assert classify(DuplicateKeyError("dup", 11000)) is Failure.OTHER

@@ -115,8 +115,10 @@ def test_faust_gets_the_same_credentials(data_dir: Path) -> None:
 
 
 def test_topic_settings() -> None:
-    assert topic_config(load_settings().model_copy(update={"kafka_min_insync_replicas": None})) == {}
-    assert topic_config(load_settings(kafka_min_insync_replicas=2)) == {"min.insync.replicas": "2"}
+    unset = topic_config(load_settings().model_copy(update={"kafka_min_insync_replicas": None}))
+    assert "min.insync.replicas" not in unset and "max.message.bytes" in unset
+    set_ = topic_config(load_settings(kafka_min_insync_replicas=2))
+    assert set_ == {**unset, "min.insync.replicas": "2"}
 
 
 def test_cassandra_replication_and_tls(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,8 +42,8 @@ def test_all_healthy_is_ok_with_no_warnings() -> None:
 @pytest.mark.parametrize(
     ("outbox", "lags", "expected"),
     [
-        (healthy_outbox(backlog=11), [lag(0)], "11 unpublished events (max 10)"),
-        (healthy_outbox(backlog=1, oldest_age_seconds=61.0), [lag(0)], "oldest unpublished event is 1m01s old"),
+        (healthy_outbox(backlog=11), [lag(0)], "11 events not yet on Kafka (max 10)"),
+        (healthy_outbox(backlog=1, oldest_age_seconds=61.0), [lag(0)], "oldest event not yet on Kafka is 1m01s old"),
         (healthy_outbox(), [lag(101)], "lag 101 on orders (max 100)"),
         (healthy_outbox(error="connection refused"), [lag(0)], "cannot read it: connection refused"),
         (healthy_outbox(), [lag(None, error="timed out")], "cannot read lag of cdcflow.order_view: timed out"),

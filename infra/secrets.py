@@ -3,7 +3,8 @@
 Passwords are made once per server user (cdc/credentials.py names them), kept in `<data dir>/secrets/<server>.json`
 (folder 0700, file 0600, written atomically), and never logged, put in a process's arguments or in another
 server's environment. Each server records which set of passwords it was provisioned with
-(`provisioned_with` / `mark_provisioned`), so a changed or regenerated set provisions it again.
+(`provisioned_with` / `mark_provisioned`), so a changed or regenerated set provisions it again; so do changed
+grants where a server's provisioning passes them (MongoDB's roles).
 """
 
 from __future__ import annotations
@@ -90,23 +91,25 @@ def ensure_secrets(data_dir: Path, server: str) -> dict[str, str]:
         return {u: current[u] for u in SERVER_USERS[server]}
 
 
-def fingerprint(passwords: dict[str, str]) -> str:
-    """A one-way fingerprint of a set of passwords (what a server was provisioned with)."""
-    return hashlib.sha256(json.dumps(passwords, sort_keys=True).encode()).hexdigest()
+def fingerprint(passwords: dict[str, str], grants: object = None) -> str:
+    """A one-way fingerprint of a set of passwords, and of the grants given with them when the server's
+    provisioning defines some (what a server was provisioned with)."""
+    provisioned: object = passwords if grants is None else {"passwords": passwords, "grants": grants}
+    return hashlib.sha256(json.dumps(provisioned, sort_keys=True).encode()).hexdigest()
 
 
-def provisioned_with(server_dir: Path, passwords: dict[str, str]) -> bool:
-    """True when the server in `server_dir` was provisioned with exactly these passwords."""
+def provisioned_with(server_dir: Path, passwords: dict[str, str], grants: object = None) -> bool:
+    """True when the server in `server_dir` was provisioned with exactly these passwords (and grants)."""
     try:
         recorded = (server_dir / MARKER).read_text().strip()
     except OSError:
         return False
-    return hmac.compare_digest(recorded, fingerprint(passwords))
+    return hmac.compare_digest(recorded, fingerprint(passwords, grants))
 
 
-def mark_provisioned(server_dir: Path, passwords: dict[str, str]) -> None:
-    """Record that the server in `server_dir` now has these passwords."""
-    write_private(server_dir / MARKER, fingerprint(passwords) + "\n")
+def mark_provisioned(server_dir: Path, passwords: dict[str, str], grants: object = None) -> None:
+    """Record that the server in `server_dir` now has these passwords (and grants)."""
+    write_private(server_dir / MARKER, fingerprint(passwords, grants) + "\n")
 
 
 def scram_sha_256_verifier(password: str, iterations: int = 4096) -> str:

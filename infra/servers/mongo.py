@@ -8,8 +8,9 @@ started for good with `--auth` on its own port.
 Users (all defined in `admin`; cdc/credentials.py names them):
 - `cdcflow_admin`: root (infra and the tests);
 - one per service, named like its database (`product_service`, ...): readWrite on that database only;
-- `cdcflow_tailer`: role `cdcflowTailer` (read and change-stream every service database, update the
-  outboxes: marking published) and readWrite on its own state database (`cdcflow_tailer`).
+- `cdcflow_tailer`: role `cdcflowTailer` (read and change-stream every service database, remove from the
+  outboxes: the leading tailer prunes what retention allows and Kafka has; it never inserts nor updates there)
+  and readWrite on its own database (`cdcflow_tailer`: checkpoints, leases, dead letters).
 """
 
 from __future__ import annotations
@@ -102,9 +103,11 @@ class MongoServer(Server):
 
     def launch(self) -> None:
         passwords = ensure_secrets(self.settings.data_dir, "mongo")
-        if not provisioned_with(self.data_dir, passwords):
+        # The grants are part of what was provisioned: a cdcflow whose roles changed provisions again.
+        grants = self._grants()
+        if not provisioned_with(self.data_dir, passwords, grants):
             self._provision_users(passwords)
-            mark_provisioned(self.data_dir, passwords)
+            mark_provisioned(self.data_dir, passwords, grants)
         self.process.start([*self._argv(self.port), "--auth"], cwd=self.data_dir)
 
     # -- users ----------------------------------------------------------------------------------------------
@@ -145,8 +148,8 @@ class MongoServer(Server):
                     proc.kill()
                     proc.wait()
 
-    def _create_users(self, client: MongoClient[dict[str, Any]], passwords: dict[str, str]) -> None:
-        admin = client.admin
+    def _grants(self) -> dict[str, Any]:
+        """The tailer role's privileges and each user's roles."""
         services = list(SERVICE_DATABASES.values())
         state = self.settings.tailer_state_database
         # Collection-scoped where MongoDB allows it (SecantusDB applies privileges per database).
@@ -154,14 +157,9 @@ class MongoServer(Server):
             *({"resource": {"db": db, "collection": ""}, "actions": ["find", "changeStream", "killCursors",
                                                                    "listCollections", "listIndexes"]}
               for db in services),
-            *({"resource": {"db": db, "collection": OUTBOX_COLLECTION}, "actions": ["update"]} for db in services),
+            # Pruning (cdc/pruner.py) is the only write the tailer makes to a source.
+            *({"resource": {"db": db, "collection": OUTBOX_COLLECTION}, "actions": ["remove"]} for db in services),
         ]
-        try:
-            admin.command("createRole", TAILER_ROLE, privileges=privileges, roles=[])
-        except OperationFailure as exc:
-            if exc.code != _ROLE_ALREADY_EXISTS:
-                raise
-            admin.command("updateRole", TAILER_ROLE, privileges=privileges, roles=[])
         users: dict[str, list[dict[str, str]]] = {
             MONGO_ADMIN: [{"role": "root", "db": "admin"}],
             MONGO_TAILER: [{"role": TAILER_ROLE, "db": "admin"}, {"role": "readWrite", "db": state}],
@@ -170,6 +168,18 @@ class MongoServer(Server):
                 for svc, user in MONGO_SERVICE_USERS.items()
             },
         }
+        return {"privileges": privileges, "users": users}
+
+    def _create_users(self, client: MongoClient[dict[str, Any]], passwords: dict[str, str]) -> None:
+        admin = client.admin
+        grants = self._grants()
+        privileges, users = grants["privileges"], grants["users"]
+        try:
+            admin.command("createRole", TAILER_ROLE, privileges=privileges, roles=[])
+        except OperationFailure as exc:
+            if exc.code != _ROLE_ALREADY_EXISTS:
+                raise
+            admin.command("updateRole", TAILER_ROLE, privileges=privileges, roles=[])
         for user, roles in users.items():
             try:
                 admin.command("createUser", user, pwd=passwords[user], roles=roles, mechanisms=["SCRAM-SHA-256"])

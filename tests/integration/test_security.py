@@ -1,8 +1,8 @@
 """Authentication everywhere, least privilege per role, and secrets kept out of sight (issue 15).
 
 Every local server runs with authentication: a wrong password and no password are refused. Each role gets
-only what it uses: a service's MongoDB user reaches its own database only, the tailer reads and marks the
-outboxes and writes its own state, the read API's database users read only, and the read paths do no DDL.
+only what it uses: a service's MongoDB user reaches its own database only, the tailer reads the outboxes,
+prunes them and writes its own state, the read API's database users read only, and the read paths do no DDL.
 No generated password appears in a server's arguments or environment; the data and secrets are private.
 """
 
@@ -28,8 +28,10 @@ from pymongo.errors import OperationFailure
 
 from cdc.connect import cassandra_session, neo4j_driver, postgres_connect
 from cdc.credentials import ROLE_USERS, read_secrets, secrets_dir
+from cdc.dead_letters import COLLECTION as DEAD_LETTERS
 from cdc.kafka import kafka_config
 from cdc.mongo import mongo_client
+from cdc.outbox import prune
 from cdc.schemas import TOPIC_CLICKSTREAM, TOPIC_ORDERS
 from cdc.settings import Settings
 from infra import stack
@@ -128,20 +130,33 @@ def test_a_service_user_reaches_its_own_database_only(settings: Settings, mongo:
         order.close()
 
 
-def test_the_tailer_reads_and_marks_the_outboxes_and_writes_only_its_state(settings: Settings, mongo: Server) -> None:
+def test_the_tailer_reads_and_prunes_the_outboxes_and_writes_only_its_state(
+    settings: Settings, mongo: Server
+) -> None:
     tailer = mongo_client(settings.as_role("tailer"))
     try:
         for db in ("product_service", "order_service", "clickstream_service"):
-            tailer[db]["outbox"].find_one()
-            tailer[db]["outbox"].update_one({"_id": "absent"}, {"$set": {"published": True}})
-            with pytest.raises(OperationFailure) as failed:  # it never writes business state nor events
-                tailer[db]["outbox"].insert_one({"_id": unique("t")})
-            assert failed.value.code == 13
-        marker = unique("t")
-        tailer["cdcflow_tailer"]["security_probe"].insert_one({"_id": marker})
-        tailer["cdcflow_tailer"]["security_probe"].delete_one({"_id": marker})
+            outbox = tailer[db]["outbox"]
+            outbox.find_one()
+            with outbox.watch(max_await_time_ms=10) as stream:
+                stream.try_next()
+            # Retention's pruning (cdc/pruner.py) is its only write there; nothing that old exists, so it
+            # removes nothing, but the server checks the privilege all the same.
+            assert prune(outbox, datetime(1971, 1, 1, tzinfo=UTC)) == 0
+            with pytest.raises(OperationFailure) as failed:  # it never changes an event (no marking published)
+                outbox.update_one({"_id": "absent"}, {"$set": {"published": True}})
+            assert failed.value.code == 13, db
+            with pytest.raises(OperationFailure) as failed:  # nor writes one, nor business state
+                outbox.insert_one({"_id": unique("t")})
+            assert failed.value.code == 13, db
+        state = tailer[settings.tailer_state_database]
+        for collection in ("checkpoints", "leases", DEAD_LETTERS):
+            marker = unique("t")
+            state[collection].insert_one({"_id": marker})
+            state[collection].update_one({"_id": marker}, {"$set": {"probe": True}})
+            state[collection].delete_one({"_id": marker})
         with pytest.raises(OperationFailure):
-            tailer["cdcflow_tailer"].client.drop_database("product_service")
+            tailer.drop_database("product_service")
     finally:
         tailer.close()
 

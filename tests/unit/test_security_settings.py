@@ -157,6 +157,15 @@ def test_provisioning_marker_follows_the_passwords(tmp_path: Path) -> None:
     assert "x" not in (tmp_path / "auth-provisioned").read_text() and fingerprint(passwords) != "x"
 
 
+def test_provisioning_marker_follows_the_grants(tmp_path: Path) -> None:
+    # A server provisioned under other grants (the tailer's role before it pruned instead of marking) is again.
+    passwords = {"a": "x"}
+    mark_provisioned(tmp_path, passwords, {"tailer": ["update"]})
+    assert provisioned_with(tmp_path, passwords, {"tailer": ["update"]})
+    assert not provisioned_with(tmp_path, passwords, {"tailer": ["remove"]})
+    assert not provisioned_with(tmp_path, passwords)
+
+
 def test_postgres_scram_verifier_shape() -> None:
     verifier = scram_sha_256_verifier("pw")
     method, rest = verifier.split("$", 1)

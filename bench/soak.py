@@ -123,6 +123,9 @@ def deployment(settings: Settings, name: str) -> tuple[Settings, dict[str, str]]
         "CDCFLOW_KAFKA_GROUP_PREFIX": own.kafka_group_prefix or "",
         "CDCFLOW_SINK_NAMESPACE": name,
         **{f"CDCFLOW_{key.upper()}": str(port) for key, port in ports.items()},
+        # The soak's databases and namespaces are its own: the services', tailer's and workers' generated users
+        # reach only the deployment's usual ones, so every process runs as admin.
+        "CDCFLOW_ROLE": "admin",
         # A worker restarted after kill -9 must come back even after several quick deaths.
         "CDCFLOW_WORKER_RESTART_GIVE_UP": "0",
     }

@@ -1,8 +1,17 @@
-"""Connection helpers: the one place that knows how to reach Postgres, Cassandra and Neo4j."""
+"""Connection helpers: the one place that knows how to reach Postgres, Cassandra and Neo4j.
+
+Postgres and Neo4j take credentials and TLS through their URIs (`sslmode=verify-full&sslrootcert=...`,
+`neo4j+s://`); Cassandra through settings: PlainTextAuthProvider, a TLS context, the local data centre,
+read/write consistency levels and the replication of the keyspaces cdcflow creates.
+"""
 
 from __future__ import annotations
 
+import ssl
+
 import psycopg
+from cassandra import ConsistencyLevel
+from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy
 from neo4j import Driver, GraphDatabase
@@ -14,8 +23,9 @@ from cdc.settings import Settings
 #: Seconds to wait for a TCP/handshake before giving up: a down server must fail fast so callers can retry.
 CONNECT_TIMEOUT = 5.0
 
-#: SimpleSnitch (the local server) puts every node in this data centre.
-CASSANDRA_LOCAL_DC = "datacenter1"
+#: The execution profile of Cassandra reads (consistency `cassandra_read_consistency`); the default profile
+#: writes (consistency `cassandra_write_consistency`).
+CASSANDRA_READ_PROFILE = "cdcflow-read"
 
 
 def postgres_connect(
@@ -37,20 +47,62 @@ def cassandra_cluster(
 
     `metadata=False` skips schema/token discovery, for one-shot probes such as health checks.
     """
+
     # protocol 5 and an explicit local DC avoid the driver's downgrade and "no local_dc" warnings.
-    profile = ExecutionProfile(
-        load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=CASSANDRA_LOCAL_DC),
-        request_timeout=10.0,
-    )
+    def profile(consistency: str) -> ExecutionProfile:
+        return ExecutionProfile(
+            load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc),
+            request_timeout=10.0,
+            consistency_level=ConsistencyLevel.name_to_value[consistency],
+        )
+
+    credentials = settings.cassandra_auth
     return Cluster(
         contact_points=settings.cassandra_contact_points,
         protocol_version=5,
-        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        execution_profiles={
+            EXEC_PROFILE_DEFAULT: profile(settings.cassandra_write_consistency),
+            CASSANDRA_READ_PROFILE: profile(settings.cassandra_read_consistency),
+        },
+        auth_provider=None if credentials is None else PlainTextAuthProvider(*credentials),
+        ssl_context=cassandra_ssl_context(settings),
         connect_timeout=connect_timeout,
         control_connection_timeout=connect_timeout,
         schema_metadata_enabled=metadata,
         token_metadata_enabled=metadata,
     )
+
+
+def cassandra_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The client TLS context for Cassandra (None: plaintext). Verifies the node against the CA (or the
+    system's), and its host name unless `cassandra_tls_check_hostname` is off; presents a client certificate
+    when one is configured."""
+    if not settings.cassandra_tls:
+        return None
+    ca = settings.cassandra_tls_ca_file
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    context.check_hostname = settings.cassandra_tls_check_hostname
+    if settings.cassandra_tls_cert_file is not None:
+        key = settings.cassandra_tls_key_file
+        context.load_cert_chain(str(settings.cassandra_tls_cert_file), str(key) if key else None)
+    return context
+
+
+def cassandra_replication(settings: Settings) -> str:
+    """The CQL replication map of the keyspaces cdcflow creates (`cassandra_replication`), e.g.
+    `{'class': 'NetworkTopologyStrategy', 'dc1': 3}`."""
+    replication = settings.cassandra_replication
+    if "class" not in replication:
+        raise ValueError("CDCFLOW_CASSANDRA_REPLICATION needs a 'class' (SimpleStrategy, NetworkTopologyStrategy)")
+    # CQL string literals: single quotes, doubled inside; JSON gives the map its shape.
+    items = ", ".join(
+        f"{_cql_string(str(k))}: {_cql_string(str(v))}" for k, v in replication.items()
+    )
+    return "{" + items + "}"
+
+
+def _cql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def cassandra_session(settings: Settings, keyspace: str | None = None) -> Session:
@@ -64,7 +116,7 @@ def cassandra_session(settings: Settings, keyspace: str | None = None) -> Sessio
 
 
 def neo4j_driver(settings: Settings) -> Driver:
-    """A Neo4j driver for the configured Bolt URI (no auth for the local server); close it when done."""
+    """A Neo4j driver for the configured Bolt URI (TLS by scheme: `bolt+s://`, `neo4j+s://`); close it when done."""
     return GraphDatabase.driver(
         settings.neo4j_uri,
         auth=settings.neo4j_auth,

@@ -1,10 +1,13 @@
-"""Kafka clients built from settings: admin (topic creation) and producer configuration."""
+"""Kafka clients built from settings: admin (topic creation), producer configuration, and the security
+(SASL, TLS) and extra properties every client gets, librdkafka's and Faust's (aiokafka) alike."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -14,15 +17,98 @@ from cdc.retry import poll_until
 from cdc.settings import Settings
 
 
+class KafkaConfigError(ValueError):
+    """A Kafka setting cannot be used (unreadable properties file, bad value)."""
+
+
+def security_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka's security properties from settings: protocol, SASL credentials, TLS files."""
+    config: dict[str, Any] = {"security.protocol": settings.kafka_protocol}
+    sasl = settings.kafka_sasl
+    if sasl is not None and settings.kafka_protocol.startswith("SASL_"):
+        mechanism, user, password = sasl
+        config.update({"sasl.mechanism": mechanism, "sasl.username": user, "sasl.password": password})
+    if settings.kafka_tls:
+        if settings.kafka_ssl_ca_file is not None:
+            config["ssl.ca.location"] = str(settings.kafka_ssl_ca_file)
+        if settings.kafka_ssl_cert_file is not None:
+            config["ssl.certificate.location"] = str(settings.kafka_ssl_cert_file)
+        if settings.kafka_ssl_key_file is not None:
+            config["ssl.key.location"] = str(settings.kafka_ssl_key_file)
+        if settings.kafka_ssl_key_password is not None:
+            config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+        config["ssl.endpoint.identification.algorithm"] = "https" if settings.kafka_ssl_check_hostname else "none"
+    return config
+
+
+def read_properties_file(path: Path) -> dict[str, str]:
+    """A Java-style properties file (`key=value` or `key: value` lines, `#`/`!` comments) as a dict."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KafkaConfigError(f"CDCFLOW_KAFKA_PROPERTIES_FILE {path}: cannot read it ({exc.strerror})") from None
+    props: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#!":
+            continue
+        cut = min((i for i in (line.find("="), line.find(":")) if i > 0), default=-1)
+        if cut < 0:
+            raise KafkaConfigError(f"CDCFLOW_KAFKA_PROPERTIES_FILE {path}, line {number}: expected key=value")
+        props[line[:cut].strip()] = line[cut + 1:].strip()
+    return props
+
+
+def extra_properties(settings: Settings) -> dict[str, Any]:
+    """The passthrough librdkafka properties: the properties file, then `kafka_properties` (JSON) over it."""
+    props: dict[str, Any] = {}
+    if settings.kafka_properties_file is not None:
+        props.update(read_properties_file(settings.kafka_properties_file))
+    props.update(settings.kafka_properties)
+    return props
+
+
 def kafka_config(settings: Settings, **extra: Any) -> dict[str, Any]:
-    """Base librdkafka configuration for every client."""
+    """Base librdkafka configuration for every client: bootstrap, security, then the passthrough properties."""
     # librdkafka logs through Python logging (structlog formats it), not raw lines on stderr.
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "logger": logging.getLogger("rdkafka"),
+        **security_config(settings),
+        **extra_properties(settings),
     }
     config.update(extra)
     return config
+
+
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of Faust's (aiokafka) clients, from the same settings as librdkafka's; None: no TLS."""
+    if not settings.kafka_tls:
+        return None
+    ca = settings.kafka_ssl_ca_file
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    if settings.kafka_ssl_cert_file is not None:
+        key = settings.kafka_ssl_key_file
+        password = settings.kafka_ssl_key_password
+        context.load_cert_chain(
+            str(settings.kafka_ssl_cert_file),
+            str(key) if key else None,
+            password.get_secret_value() if password else None,
+        )
+    return context
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """Faust's `broker_credentials` (SASLCredentials, or an SSL context alone), None for plaintext."""
+    import faust  # only the workers need it: the tailer and the CLI should not pay for the import
+
+    context = kafka_ssl_context(settings)
+    sasl = settings.kafka_sasl
+    if sasl is not None and settings.kafka_protocol.startswith("SASL_"):
+        mechanism, user, password = sasl
+        return faust.SASLCredentials(username=user, password=password, mechanism=mechanism, ssl_context=context)
+    return context
 
 
 def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -60,9 +146,10 @@ def ensure_topics(
     missing = [t for t in wanted if t not in existing]
     if not missing:
         return []
+    config = topic_config(settings)
     new = [
         NewTopic(t, num_partitions=partitions or settings.kafka_partitions,
-                 replication_factor=settings.kafka_replication_factor, config=topic_config(settings))
+                 replication_factor=settings.kafka_replication_factor, config=config)
         for t in missing
     ]
     created: list[str] = []
@@ -85,8 +172,12 @@ RECORD_OVERHEAD = 64 * 1024
 
 
 def topic_config(settings: Settings) -> dict[str, str]:
-    """Configuration of the topics cdcflow creates: they take every event a service may write."""
-    return {"max.message.bytes": str(settings.max_event_bytes + RECORD_OVERHEAD)}
+    """Configuration of the topics cdcflow creates: they take every event a service may write, and keep
+    `min.insync.replicas` when one is set."""
+    config = {"max.message.bytes": str(settings.max_event_bytes + RECORD_OVERHEAD)}
+    if settings.kafka_min_insync_replicas is not None:
+        config["min.insync.replicas"] = str(settings.kafka_min_insync_replicas)
+    return config
 
 
 def topic_max_message_bytes(settings: Settings, topic: str, timeout: float = 10.0) -> int:
@@ -98,6 +189,11 @@ def topic_max_message_bytes(settings: Settings, topic: str, timeout: float = 10.
     if entry is None or entry.value is None:
         raise KafkaException(f"topic {topic!r} reports no max.message.bytes")
     return int(entry.value)
+
+
+def broker_count(admin: AdminClient, timeout: float) -> int:
+    """How many brokers the cluster's metadata lists."""
+    return len(admin.list_topics(timeout=timeout).brokers)
 
 
 def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> None:

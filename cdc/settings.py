@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, quote_plus
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cdc.credentials import Role, role_credentials
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Shortest API key the HTTP APIs accept (a guessable key is no key).
@@ -17,6 +20,16 @@ KAFKA_PREFIX_PATTERN = r"^[A-Za-z0-9._-]{0,100}$"
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
+
+
+def _both(name: str) -> AliasChoices:
+    """A setting read from `NAME` (as Kafka and Cassandra users name it) or `CDCFLOW_NAME`."""
+    return AliasChoices(name, f"CDCFLOW_{name}")
+
+
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+Consistency = Literal["ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE"]
 
 
 class Settings(BaseSettings):
@@ -40,8 +53,15 @@ class Settings(BaseSettings):
     cassandra_jmx_port: int = 17199
     neo4j_bolt_port: int = 17687
 
+    # Which credentials of the local servers this process uses (cdc/credentials.py): each `cdcflow` command
+    # sets its own; library use and the tests are `admin`. Ignored for servers whose URI/credentials are set.
+    role: Role = "admin"
+
     # External servers: set these to point at real clusters instead of the local ones.
-    mongo_uri_override: str | None = Field(default=None, validation_alias=_env("MONGO_URI", "CDCFLOW_MONGO_URI"))
+    # (The URI may hold a password: kept out of repr.)
+    mongo_uri_override: str | None = Field(
+        default=None, validation_alias=_env("MONGO_URI", "CDCFLOW_MONGO_URI"), repr=False
+    )
     kafka_bootstrap_override: str | None = Field(
         default=None, validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS", "CDCFLOW_KAFKA_BOOTSTRAP_SERVERS")
     )
@@ -65,13 +85,58 @@ class Settings(BaseSettings):
 
     # Kafka.
     kafka_partitions: int = 4
-    kafka_replication_factor: int = 1
+    # Topics cdcflow creates (its own and Faust's internal ones). RF=1 loses data when a broker dies: use 3
+    # (and min.insync.replicas=2) on a real cluster; `cdcflow status` warns about RF=1 on several brokers.
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)  # None: the broker's default
     # Two deployments share one Kafka cluster by prefixes: records go to `<topic prefix><topic>` (the event's
     # `topic` field stays the logical name), and every consumer group is `<group prefix><group>` (unset: the
     # topic prefix). Applied where records are produced and consumed: tailer, workers, dead letters, replay,
     # dlq, status, demo, trace.
     kafka_topic_prefix: str = Field(default="", pattern=KAFKA_PREFIX_PATTERN)
     kafka_group_prefix: str | None = Field(default=None, pattern=KAFKA_PREFIX_PATTERN)
+    # Security of every Kafka client (librdkafka and Faust's aiokafka). Unset protocol: SASL_SSL / SASL_PLAINTEXT
+    # / SSL / PLAINTEXT depending on which of credentials and TLS files are given; the local broker: SCRAM.
+    kafka_security_protocol: KafkaProtocol | None = Field(
+        default=None, validation_alias=_both("KAFKA_SECURITY_PROTOCOL")
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(default="SCRAM-SHA-512", validation_alias=_both("KAFKA_SASL_MECHANISM"))
+    kafka_sasl_username: str | None = Field(default=None, validation_alias=_both("KAFKA_SASL_USERNAME"))
+    kafka_sasl_password: SecretStr | None = Field(default=None, validation_alias=_both("KAFKA_SASL_PASSWORD"))
+    kafka_ssl_ca_file: Path | None = Field(default=None, validation_alias=_both("KAFKA_SSL_CA_FILE"))
+    kafka_ssl_cert_file: Path | None = Field(default=None, validation_alias=_both("KAFKA_SSL_CERT_FILE"))
+    kafka_ssl_key_file: Path | None = Field(default=None, validation_alias=_both("KAFKA_SSL_KEY_FILE"))
+    kafka_ssl_key_password: SecretStr | None = Field(default=None, validation_alias=_both("KAFKA_SSL_KEY_PASSWORD"))
+    kafka_ssl_check_hostname: bool = Field(default=True, validation_alias=_both("KAFKA_SSL_CHECK_HOSTNAME"))
+    # Any other librdkafka client property, as Kafka users write them: a Java-style properties file and/or a
+    # JSON object (`{"socket.keepalive.enable": true}`); the JSON wins over the file, both over cdcflow's own.
+    # Applied to the tailer's producer, the admin client and the replay/DLQ/status consumers (not to Faust's
+    # aiokafka clients, which take only the security settings above).
+    kafka_properties: dict[str, str | int | float | bool] = Field(default_factory=dict, repr=False)
+    kafka_properties_file: Path | None = None
+
+    # Cassandra.
+    cassandra_username: str | None = Field(default=None, validation_alias=_both("CASSANDRA_USERNAME"))
+    cassandra_password: SecretStr | None = Field(default=None, validation_alias=_both("CASSANDRA_PASSWORD"))
+    cassandra_tls: bool = Field(default=False, validation_alias=_both("CASSANDRA_TLS"))
+    cassandra_tls_ca_file: Path | None = Field(default=None, validation_alias=_both("CASSANDRA_TLS_CA_FILE"))
+    cassandra_tls_cert_file: Path | None = Field(default=None, validation_alias=_both("CASSANDRA_TLS_CERT_FILE"))
+    cassandra_tls_key_file: Path | None = Field(default=None, validation_alias=_both("CASSANDRA_TLS_KEY_FILE"))
+    cassandra_tls_check_hostname: bool = Field(default=True, validation_alias=_both("CASSANDRA_TLS_CHECK_HOSTNAME"))
+    # The data centre the clients prefer (SimpleSnitch, the local node, puts everything in "datacenter1").
+    cassandra_local_dc: str = Field(default="datacenter1", validation_alias=_both("CASSANDRA_LOCAL_DC"))
+    # Replication of the keyspaces cdcflow creates, as CQL's replication map, e.g.
+    # {"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 3} on a real ring.
+    cassandra_replication: dict[str, str | int] = Field(
+        default_factory=lambda: dict[str, str | int]({"class": "SimpleStrategy", "replication_factor": 1}),
+        validation_alias=_both("CASSANDRA_REPLICATION"),
+    )
+    cassandra_read_consistency: Consistency = Field(
+        default="LOCAL_QUORUM", validation_alias=_both("CASSANDRA_READ_CONSISTENCY")
+    )
+    cassandra_write_consistency: Consistency = Field(
+        default="LOCAL_QUORUM", validation_alias=_both("CASSANDRA_WRITE_CONSISTENCY")
+    )
 
     # Start-up deadlines (seconds) for `infra up`.
     infra_start_timeout: float = 180.0
@@ -194,6 +259,13 @@ class Settings(BaseSettings):
     # Per-call deadline (seconds) of the Kafka and MongoDB requests `status` makes.
     status_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    def local_credentials(self, server: str) -> tuple[str, str] | None:
+        """(user, password) of this process's role on the local `server` (None: not generated, or no user)."""
+        return role_credentials(self.data_dir, server, self.role)
+
+    def as_role(self, role: Role) -> Settings:
+        """These settings for a process of another role (other credentials on the local servers)."""
+        return self.model_copy(update={"role": role})
     # HTTP APIs
     # API keys, one for the write services (product, order, clickstream), one for the read API: a key of the other
     # kind gets 403. Unset: that API is open, and `cdcflow serve` refuses to bind it beyond loopback.
@@ -236,10 +308,10 @@ class Settings(BaseSettings):
 
     @property
     def mongo_uri(self) -> str:
-        """The MongoDB connection string in force."""
+        """The MongoDB connection string in force (may hold a password: never log it)."""
         if self.mongo_uri_override:
             return self.mongo_uri_override
-        return f"mongodb://127.0.0.1:{self.mongo_port}/?directConnection=true"
+        return local_mongo_uri(self.mongo_port, self.local_credentials("mongo"))
 
     @property
     def kafka_bootstrap_servers(self) -> str:
@@ -251,7 +323,7 @@ class Settings(BaseSettings):
         """The Postgres connection string in force (contains the password: never log it)."""
         if self.postgres_dsn_override is not None:
             return self.postgres_dsn_override.get_secret_value()
-        return f"postgresql://postgres@127.0.0.1:{self.postgres_port}/postgres"
+        return local_postgres_dsn(self.postgres_port, self.local_credentials("postgres"))
 
     @property
     def cassandra_contact_points(self) -> list[tuple[str, int]]:
@@ -271,10 +343,48 @@ class Settings(BaseSettings):
 
     @property
     def neo4j_auth(self) -> tuple[str, str] | None:
-        """Driver auth tuple, or None when the server runs without auth (the local default)."""
+        """Driver auth tuple: the configured user, else the local server's generated one, else None."""
         if self.neo4j_user and self.neo4j_password is not None:
             return (self.neo4j_user, self.neo4j_password.get_secret_value())
+        if self.is_local("neo4j"):
+            return self.local_credentials("neo4j")
         return None
+
+    @property
+    def cassandra_auth(self) -> tuple[str, str] | None:
+        """(user, password) for PlainTextAuthProvider: the configured ones, else the local server's, else None."""
+        if self.cassandra_username and self.cassandra_password is not None:
+            return (self.cassandra_username, self.cassandra_password.get_secret_value())
+        if self.is_local("cassandra"):
+            return self.local_credentials("cassandra")
+        return None
+
+    @property
+    def kafka_sasl(self) -> tuple[str, str, str] | None:
+        """(mechanism, user, password) of the Kafka clients: configured, else the local broker's SCRAM user."""
+        if self.kafka_sasl_username and self.kafka_sasl_password is not None:
+            return (self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password.get_secret_value())
+        if self.is_local("kafka"):
+            local = self.local_credentials("kafka")
+            if local is not None:
+                return ("SCRAM-SHA-512", *local)
+        return None
+
+    @property
+    def kafka_tls(self) -> bool:
+        """True when the Kafka clients speak TLS (set explicitly, or implied by a CA or client certificate)."""
+        if self.kafka_security_protocol is not None:
+            return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+        return any(f is not None for f in (self.kafka_ssl_ca_file, self.kafka_ssl_cert_file))
+
+    @property
+    def kafka_protocol(self) -> KafkaProtocol:
+        """The security.protocol in force."""
+        if self.kafka_security_protocol is not None:
+            return self.kafka_security_protocol
+        if self.kafka_sasl is not None:
+            return "SASL_SSL" if self.kafka_tls else "SASL_PLAINTEXT"
+        return "SSL" if self.kafka_tls else "PLAINTEXT"
 
     def is_local(self, server: str) -> bool:
         """True when `server` is one that infra/ starts here (its address was not configured)."""
@@ -291,6 +401,23 @@ class Settings(BaseSettings):
     def runtime_dir(self) -> Path:
         """Pid files and logs of the local servers."""
         return self.data_dir / "run"
+
+
+def local_mongo_uri(port: int, credentials: tuple[str, str] | None) -> str:
+    """The URI of a local SecantusDB on `port`, with SCRAM credentials (users live in `admin`) when given."""
+    if credentials is None:
+        return f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    user, password = (quote_plus(c) for c in credentials)
+    return (f"mongodb://{user}:{password}@127.0.0.1:{port}/"
+            "?directConnection=true&authSource=admin&authMechanism=SCRAM-SHA-256")
+
+
+def local_postgres_dsn(port: int, credentials: tuple[str, str] | None) -> str:
+    """The DSN of a local Postgres on `port`, as `credentials`' user (default `postgres`, no password)."""
+    if credentials is None:
+        return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    user, password = (quote(c, safe="") for c in credentials)
+    return f"postgresql://{user}:{password}@127.0.0.1:{port}/postgres"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -28,7 +28,15 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings
 
 
+def _as_tailer(settings: Settings) -> Settings:
+    """The settings for the tailer's dead letters: they live in the tailer's database and come from the outboxes.
+    The workers' role (this command's) has no MongoDB user, so that part runs as the tailer; another role
+    (CDCFLOW_ROLE=admin, say) is kept."""
+    return settings.as_role("tailer") if settings.role == "worker" else settings
+
+
 def _tailer_letters(settings: Settings, topics: list[str] | None) -> list[TailerDeadLetter]:
+    settings = _as_tailer(settings)
     client = mongo_client(settings)
     try:
         letters = DeadLetterStore.of(settings, client).list()
@@ -92,13 +100,14 @@ def dlq_replay(
 
     settings = _settings(ctx)
     report = replay_dead_letters(settings, topic or None)
-    client = mongo_client(settings)
+    as_tailer = _as_tailer(settings)
+    client = mongo_client(as_tailer)
     try:
-        pending = {x.outbox for x in DeadLetterStore.of(settings, client).list(pending_only=True)
+        pending = {x.outbox for x in DeadLetterStore.of(as_tailer, client).list(pending_only=True)
                    if not topic or x.topic in topic}
         tailer: dict[str, Any] = {"replayed": 0, "still_failing": {}}
         for outbox in sorted(pending):
-            done = redrive(settings, client, outbox=outbox)
+            done = redrive(as_tailer, client, outbox=outbox)
             tailer["replayed"] += done.replayed
             tailer["still_failing"].update(done.still_failing)
     finally:

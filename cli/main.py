@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from cdc.credentials import Role
 from cdc.errors import CdcError
 from cdc.logs import configure_logging
 from cdc.settings import load_settings
@@ -47,6 +48,23 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+#: The role (cdc/credentials.py) each command runs as: which of the local servers' generated users it gets.
+#: `serve` picks the role of the service it runs (cli/serve.py); `infra` and `demo` set up and run everything.
+COMMAND_ROLES: dict[str, Role] = {
+    "tail": "tailer",
+    "resnapshot": "tailer",  # reads the service databases, writes to Kafka
+    "status": "tailer",  # reads outboxes, tailer state and consumer offsets
+    "worker": "worker",
+    "replay": "worker",
+    "dlq": "worker",
+    "query": "reader",
+    # one event across every store: outboxes and tailer state, Kafka, each read model, the dead letters
+    "trace": "admin",
+    "infra": "admin",
+    "demo": "admin",
+}
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -57,7 +75,9 @@ def _root(
 ) -> None:
     settings = load_settings()
     configure_logging(log_level or settings.log_level, settings.log_json)
-    ctx.obj = settings
+    # An explicit CDCFLOW_ROLE wins (scripts, tests against their own databases); else the command's own role.
+    role = COMMAND_ROLES.get(ctx.invoked_subcommand or "")
+    ctx.obj = settings.as_role(role) if role is not None and "role" not in settings.model_fields_set else settings
 
 
 @app.command()

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Protocol
 
 import typer
 
+from cdc.credentials import Role
 from cdc.http_api import ApiKind, InsecureBindError, check_bind
 from cdc.settings import Settings
 
@@ -29,6 +30,9 @@ PORT_SETTINGS: dict[str, str] = {
     "read-api": "read_api_port",
 }
 DEFAULT_PORT = 8000
+#: The role (credentials on the local servers) each app runs as: a service its own database user only.
+APP_ROLES: dict[str, Role] = {"product": "product", "order": "order", "clickstream": "clickstream",
+                              "read-api": "reader"}
 
 
 class AppFactory(Protocol):
@@ -70,6 +74,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"unknown service {name!r}; choose one of: {', '.join(APP_FACTORIES)}", param_hint="NAME"
             )
+        if "role" not in settings.model_fields_set:  # an explicit CDCFLOW_ROLE wins
+            settings = settings.as_role(APP_ROLES[name])
         bind = host or settings.services_host
         try:
             check_bind(settings, ApiKind.READ if name == "read-api" else ApiKind.WRITE, bind, name)

@@ -37,7 +37,7 @@ from pymongo.errors import PyMongoError
 
 from cdc.checkpoint import CheckpointStore
 from cdc.dead_letters import DeadLetterStore
-from cdc.kafka import group_reader, topic_offsets
+from cdc.kafka import admin_client, broker_count, group_reader, topic_offsets
 from cdc.logs import get_logger
 from cdc.mongo import mongo_client
 from cdc.outbox import backlog
@@ -207,6 +207,16 @@ def verdict(
     return problems, warnings, unknown
 
 
+def replication_warnings(replication_factor: int, brokers: int | None) -> list[str]:
+    """A warning when cdcflow creates topics with one replica on a cluster that could hold more."""
+    if brokers is not None and brokers > 1 and replication_factor == 1:
+        return [
+            f"kafka: {brokers} brokers, but cdcflow creates its topics with replication factor 1 (a broker lost "
+            "loses their data): set CDCFLOW_KAFKA_REPLICATION_FACTOR (3) and CDCFLOW_KAFKA_MIN_INSYNC_REPLICAS (2)"
+        ]
+    return []
+
+
 def _age(seconds: float) -> str:
     """A short human age: 42s, 3m05s, 2h10m, 3d4h."""
     s = int(seconds)
@@ -342,9 +352,18 @@ def gather_status(
     letters = [dead_letter_status(settings, t, timeout) for t in topics]
     thresholds = Thresholds.from_settings(settings)
     problems, warnings, unknown = verdict(outboxes, lags, letters, thresholds)
+    warnings += replication_warnings(settings.kafka_replication_factor, _brokers(settings, timeout))
     log.debug("status_gathered", seconds=round(time.monotonic() - started, 3), problems=len(problems),
               unknown=len(unknown))
     return Status(outboxes, lags, letters, thresholds, problems, warnings, now, unknown)
+
+
+def _brokers(settings: Settings, timeout: float) -> int | None:
+    try:
+        return broker_count(admin_client(settings), timeout)
+    except Exception as exc:  # the lag checks above already report an unreachable cluster
+        log.debug("broker_count_failed", error=_short(exc))
+        return None
 
 
 def _aware(value: Any) -> datetime | None:

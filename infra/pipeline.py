@@ -51,10 +51,11 @@ class Pipeline:
     children: list[Child] = field(default_factory=list)
 
     def _spawn(self, name: str, args: Sequence[str]) -> Child:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         child = Child(name, [sys.executable, "-m", "cli", *args], self.log_dir / f"{name}.log")
         env = {**os.environ, "CDCFLOW_LOG_JSON": "true", **self.env}
-        with open(child.log_path, "ab") as log:
+        fd = os.open(child.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # logs are ours alone
+        with open(fd, "ab") as log:
             child.proc = subprocess.Popen(
                 child.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
             )

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cdc.retry import poll_until
+from infra.secrets import write_private
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
@@ -37,6 +38,20 @@ def pid_alive(pid: int) -> bool:
         return True
     # Field 3 is the state; "Z" is a zombie we have not reaped (it holds no resources or ports).
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+#: Words in the name of an environment variable that may hold a secret (cdcflow's own settings, DSNs, URIs).
+_SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "DSN", "URI", "CREDENTIAL", "SASL", "KEY")
+
+
+def server_environment() -> dict[str, str]:
+    """Our environment without what may hold a secret: a server process needs none of cdcflow's settings, and
+    its environment is readable by other processes of its user (and by root)."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("CDCFLOW_") and not any(word in name.upper() for word in _SECRET_WORDS)
+    }
 
 
 class ManagedProcess:
@@ -83,13 +98,18 @@ class ManagedProcess:
         cwd: Path | None = None,
         user: str | None = None,
     ) -> int:
-        """Start argv detached (own session), output appended to the log file; returns the pid."""
-        self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        full_env = dict(os.environ)
+        """Start argv detached (own session), output appended to the log file; returns the pid.
+
+        The process runs under umask 077 (what it writes is its user's alone) with `env` added to ours: pass no
+        secret in `env` or `argv` (both are visible to other local users in /proc); use a 0600 file.
+        """
+        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        full_env = server_environment()
         full_env.update(env or {})
         full_env["CDCFLOW_SERVER"] = self.name
         cmd = list(argv)
-        with open(self.log_file, "ab") as log:
+        fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -101,8 +121,9 @@ class ManagedProcess:
                 # Exec as `user` directly (no runuser/su parent), so the pid we keep is the server's own.
                 user=user,
                 group=user,
+                umask=0o077,
             )
-        self.pid_file.write_text(str(proc.pid))
+        write_private(self.pid_file, str(proc.pid))
         return proc.pid
 
     def exited_early(self) -> bool:

@@ -74,14 +74,13 @@ def postgres_round_trip(settings: Settings) -> str:
 
 def cassandra_round_trip(settings: Settings) -> str:
     """Write a row in a smoke keyspace and read it back."""
-    from cdc.connect import cassandra_cluster
+    from cdc.connect import cassandra_cluster, cassandra_replication
 
     cluster = cassandra_cluster(settings)
     try:
         session = cluster.connect()
         session.execute(
-            "CREATE KEYSPACE IF NOT EXISTS cdcflow_smoke "
-            "WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}"
+            f"CREATE KEYSPACE IF NOT EXISTS cdcflow_smoke WITH replication = {cassandra_replication(settings)}"
         )
         session.execute("CREATE TABLE IF NOT EXISTS cdcflow_smoke.items (id text PRIMARY KEY, n int)")
         key = str(uuid.uuid4())

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cdc.settings import Settings
 from infra.errors import InfraError
+from infra.secrets import private_dir, tighten
 from infra.servers.base import Server, ServerStatus
 
 SERVER_NAMES = ("mongo", "kafka", "postgres", "cassandra", "neo4j")
@@ -47,7 +48,8 @@ class StackError(Exception):
 def up(settings: Settings, names: Sequence[str] | None = None) -> list[ServerStatus]:
     """Install if missing, start and wait for health, all servers at once; raise StackError on any failure."""
     servers = build_servers(settings, names)
-    settings.runtime_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.runtime_dir)
+    tighten(settings.data_dir)
     statuses: list[ServerStatus] = []
     errors: list[InfraError] = []
     # Threads: each server's start is mostly waiting (Maven, JVM start-up), so they overlap well.

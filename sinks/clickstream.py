@@ -14,7 +14,7 @@ import contextlib
 import heapq
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
@@ -33,7 +33,7 @@ from cassandra.cluster import NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import PreparedStatement
 
-from cdc.connect import cassandra_session
+from cdc.connect import CASSANDRA_READ_PROFILE, cassandra_replication, cassandra_session
 from cdc.errors import InvalidEventError
 from cdc.event import Event
 from cdc.logs import get_logger
@@ -189,8 +189,7 @@ class ClickstreamSink(Sink):
     def setup(self) -> None:
         ks = self.keyspace()
         self._execute(
-            f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-            "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+            f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {cassandra_replication(self.settings)}"
         )
         self._execute(
             f"CREATE TABLE IF NOT EXISTS {ks}.page_views_by_user_day ("
@@ -304,14 +303,22 @@ class ClickstreamSink(Sink):
 
     # -- reads ----------------------------------------------------------------------------------------
 
-    def _query(self, query: str, params: Sequence[Any]) -> Any:
-        """A read of the query API, bounded by `read_api_query_timeout_seconds` (past it: SinkTimeoutError)."""
+    def _query(self, query: str, params: Sequence[Any] | None = None) -> Iterable[Any]:
+        """Rows of a read at the read consistency, bounded by `read_api_query_timeout_seconds` (past it:
+        SinkTimeoutError); none when no worker created the keyspace or table yet (readers do no DDL)."""
         session = self._connect()
         try:
-            return session.execute(query, params, timeout=self.settings.read_api_query_timeout_seconds)
+            return session.execute(  # type: ignore[no-any-return]
+                query, params, timeout=self.settings.read_api_query_timeout_seconds,
+                execution_profile=CASSANDRA_READ_PROFILE,
+            )
         except (OperationTimedOut, ReadTimeout) as exc:
             # The store is up and the session stays: only this query was too slow.
             raise SinkTimeoutError("cassandra did not answer the query in time") from exc
+        except InvalidRequest as exc:
+            if any(words in str(exc) for words in _MISSING_SCHEMA):
+                return []
+            raise classify_cassandra_error(exc) from exc
         except Exception as exc:
             err = classify_cassandra_error(exc)
             if isinstance(err, TransientSinkError):
@@ -321,7 +328,7 @@ class ClickstreamSink(Sink):
     def has_visitor(self, user_id: str) -> bool:
         """True when `user_id` has a page view within retention."""
         rows = self._query(f"SELECT user_id FROM {self.keyspace()}.visitors WHERE user_id = %s", (user_id,))
-        return rows.one() is not None
+        return next(iter(rows), None) is not None
 
     def views(self, user_id: str, day: date) -> list[PageView]:
         """A user's page views on `day`, oldest first."""
@@ -381,11 +388,11 @@ class ClickstreamSink(Sink):
         return [(product, -negative) for negative, product in best]
 
     def snapshot(self) -> dict[str, list[Any]]:
-        users = self._execute(
+        users = self._query(
             f"SELECT user_id, day, ts, event_id, url, product_id, referrer "
             f"FROM {self.keyspace()}.page_views_by_user_day"
         )
-        products = self._execute(
+        products = self._query(
             f"SELECT day, product_id, event_id, user_id, ts FROM {self.keyspace()}.product_views_by_day"
         )
         return {

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from neo4j import ManagedTransaction
 from psycopg import sql
 
-from cdc.connect import cassandra_session, neo4j_driver, postgres_connect
+from cdc.connect import cassandra_replication, cassandra_session, neo4j_driver, postgres_connect
 from cdc.logs import get_logger
 from cdc.settings import Settings
 from sinks import registry
@@ -158,7 +158,8 @@ def _swap_cassandra(settings: Settings, live: Sink, shadow: Sink) -> Swap:
     session = cassandra_session(settings)
     try:
         previous = cassandra_pointer(session, live.name, live.namespace) or live.namespace
-        set_cassandra_pointer(session, live.name, live.namespace, shadow.namespace)
+        set_cassandra_pointer(session, live.name, live.namespace, shadow.namespace,
+                              replication=cassandra_replication(settings))
     finally:
         session.cluster.shutdown()
     log.info("swapped", read_model=live.name, store="cassandra", live=live.namespace, physical=shadow.namespace,

@@ -21,8 +21,16 @@ META_KEYSPACE = "cdcflow_meta"
 POINTER_TTL_SECONDS = 5.0
 
 
+class BadPointerError(ValueError):
+    """A pointer row holds something that is not a keyspace name cdcflow could have written."""
+
+
 def cassandra_pointer(session: Session, read_model: str, namespace: str) -> str | None:
-    """The keyspace `namespace` of `read_model` points to, or None (no pointer: the keyspace is the namespace)."""
+    """The keyspace `namespace` of `read_model` points to, or None (no pointer: the keyspace is the namespace).
+
+    The value is read back from the database and goes into DDL and queries as an identifier: it is checked
+    like every namespace (BadPointerError), so a tampered row cannot inject CQL.
+    """
     try:
         rows = session.execute(
             f"SELECT physical FROM {META_KEYSPACE}.active_namespace WHERE read_model = %s AND namespace = %s",
@@ -31,16 +39,24 @@ def cassandra_pointer(session: Session, read_model: str, namespace: str) -> str 
     except InvalidRequest:  # no meta keyspace/table yet: nothing was ever swapped
         return None
     row = rows.one()
-    return None if row is None else str(row.physical)
+    if row is None:
+        return None
+    try:
+        return check_namespace(str(row.physical))
+    except ValueError:
+        raise BadPointerError(
+            f"{META_KEYSPACE}.active_namespace points {read_model}/{namespace} at {str(row.physical)[:80]!r}, "
+            "which is not a valid keyspace name: fix or delete that row"
+        ) from None
 
 
-def set_cassandra_pointer(session: Session, read_model: str, namespace: str, physical: str) -> None:
-    """Point `namespace` of `read_model` at keyspace `physical` (one write: the swap)."""
+def set_cassandra_pointer(
+    session: Session, read_model: str, namespace: str, physical: str, *, replication: str
+) -> None:
+    """Point `namespace` of `read_model` at keyspace `physical` (one write: the swap). `replication` is the CQL
+    replication map of the pointers' keyspace when it has to be created (cdc.connect.cassandra_replication)."""
     check_namespace(physical)
-    session.execute(
-        f"CREATE KEYSPACE IF NOT EXISTS {META_KEYSPACE} WITH replication = "
-        "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-    )
+    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {META_KEYSPACE} WITH replication = {replication}")
     session.execute(
         f"CREATE TABLE IF NOT EXISTS {META_KEYSPACE}.active_namespace ("
         "read_model text, namespace text, physical text, switched_at timestamp, "

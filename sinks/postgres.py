@@ -342,12 +342,15 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
 
         def do(conn: psycopg.Connection[TupleRow]) -> R | None:
             cols = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
-            values = conn.execute(
-                sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
-                    cols, self._t(), sql.Identifier(self.key_column)
-                ),
-                (key,),
-            ).fetchone()
+            try:
+                values = conn.execute(
+                    sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
+                        cols, self._t(), sql.Identifier(self.key_column)
+                    ),
+                    (key,),
+                ).fetchone()
+            except psycopg.errors.UndefinedTable:  # no worker created it yet: empty (readers do no DDL)
+                return None
             return None if values is None else self.from_db(values)
 
         result: R | None = self._run("get", do)
@@ -373,11 +376,14 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
 
         def do(conn: psycopg.Connection[TupleRow]) -> list[R]:
             cols = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
-            cur = conn.execute(
-                sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
-                    cols, self._t(), sql.Identifier(self.key_column)
+            try:
+                cur = conn.execute(
+                    sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                        cols, self._t(), sql.Identifier(self.key_column)
+                    )
                 )
-            )
+            except psycopg.errors.UndefinedTable:
+                return []
             return [self.from_db(v) for v in cur.fetchall()]
 
         result: list[R] = self._run("rows", do)
@@ -387,7 +393,10 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
         """Number of rows."""
 
         def do(conn: psycopg.Connection[TupleRow]) -> int:
-            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._t())).fetchone()
+            try:
+                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._t())).fetchone()
+            except psycopg.errors.UndefinedTable:
+                return 0
             return int(row[0]) if row else 0
 
         result: int = self._run("count", do)

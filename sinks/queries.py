@@ -76,13 +76,9 @@ class ReadModels:
         sink = self._sinks.get(name)
         if sink is not None:
             return sink
-        # Set up outside the lock: a store that is down must not hold up queries of the other stores.
+        # No setup(): readers run with read-only database users and do no DDL (the workers create the schemas at
+        # their start); a read model no worker has written yet reads as empty.
         sink = build_sink(name, self.settings, self.namespace)
-        try:
-            sink.setup()  # idempotent; a read model no worker has written yet reads as empty
-        except Exception:
-            sink.close()
-            raise
         with self._lock:
             kept = self._sinks.setdefault(name, sink)
         if kept is not sink:  # another request thread set it up first

@@ -37,7 +37,7 @@ import faust
 from mode.supervisors import CrashingSupervisor
 
 from cdc import tracing
-from cdc.kafka import ensure_topics
+from cdc.kafka import ensure_topics, faust_credentials
 from cdc.logs import get_logger
 from cdc.metrics import start_exporter
 from cdc.retry import Backoff, retry_call
@@ -152,6 +152,7 @@ def create_app(
     app = faust.App(
         spec.group_id,
         broker=broker_urls(settings),
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         # Faust's default is `<app id>-data` in the working directory: keep it with our other data instead.
         datadir=str(faust_dir / f"{spec.group_id}-data"),

@@ -203,7 +203,8 @@ class WorkerProcess:
         self.log_path = log_dir / f"{name or read_model}.log"
         argv = [sys.executable, "-m", "cli", "worker", "--read-model", read_model,
                 "--topic", topic, "--group-id", group, "--namespace", namespace]
-        full_env = {**os.environ, "CDCFLOW_LOG_LEVEL": "INFO", "CDCFLOW_LOG_JSON": "true",
+        # CDCFLOW_ROLE=admin: the worker writes into namespaces the test (admin) made, as the test does.
+        full_env = {**os.environ, "CDCFLOW_ROLE": "admin", "CDCFLOW_LOG_LEVEL": "INFO", "CDCFLOW_LOG_JSON": "true",
                     "CDCFLOW_STREAM_BATCH_WITHIN": "0.2", "CDCFLOW_SINK_RETRY_MAX": "1.0",
                     "CDCFLOW_WORKER_SESSION_TIMEOUT": "8", **(env or {})}
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()

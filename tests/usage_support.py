@@ -44,7 +44,10 @@ def seeded_read_models(settings: Settings) -> Iterator[Seeded]:
         page_view(TOPIC_CLICKSTREAM, "u2", "pA", noon + timedelta(minutes=3)),
         page_view(TOPIC_CLICKSTREAM, "u1", "pC", noon + timedelta(days=1, minutes=-1)),  # next day 11:59
     ]
-    sinks = [build_sink(name, settings, namespace) for name in ("order_view", "purchase_graph", "clickstream")]
+    # Written as the workers write them (their database users own what they create), so that the read-only
+    # users of the read API and `cdcflow query` can read them.
+    writer = settings.as_role("worker")
+    sinks = [build_sink(name, writer, namespace) for name in ("order_view", "purchase_graph", "clickstream")]
     try:
         for sink in sinks:
             sink.setup()

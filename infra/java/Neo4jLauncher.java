@@ -1,5 +1,9 @@
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.Map;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
@@ -12,6 +16,7 @@ import org.neo4j.configuration.connectors.HttpsConnector;
 import org.neo4j.configuration.helpers.SocketAddress;
 import org.neo4j.dbms.api.DatabaseManagementService;
 import org.neo4j.dbms.api.DatabaseManagementServiceBuilder;
+import org.neo4j.graphdb.QueryExecutionException;
 import org.neo4j.io.ByteUnit;
 import org.neo4j.logging.Level;
 import org.neo4j.logging.log4j.Log4jLogProvider;
@@ -19,7 +24,11 @@ import org.neo4j.logging.log4j.Log4jLogProvider;
 /**
  * cdcflow's local Neo4j: an embedded DBMS that serves Bolt, for the demo and the tests.
  *
- * Usage: java ... Neo4jLauncher HOME_DIR BOLT_PORT [BOLT_HOST]
+ * Usage: java ... Neo4jLauncher HOME_DIR BOLT_PORT [BOLT_HOST [PASSWORD_FILE]]
+ *
+ * Authentication is always on. With PASSWORD_FILE, the password of user `neo4j` is first set to the file's
+ * content with Bolt still closed (a DBMS of its own, shut down again), and the file is deleted: the password
+ * never appears in the arguments, and no client can reach the server before it is set.
  *
  * Neo4j's own server distribution is not on Maven Central; the embedded API plus the Bolt connector gives the
  * same wire protocol from the plain `org.neo4j:neo4j` jars.
@@ -32,12 +41,21 @@ public final class Neo4jLauncher {
 
     public static void main(String[] args) throws InterruptedException {
         if (args.length < 2) {
-            System.err.println("usage: Neo4jLauncher HOME_DIR BOLT_PORT [BOLT_HOST]");
+            System.err.println("usage: Neo4jLauncher HOME_DIR BOLT_PORT [BOLT_HOST [PASSWORD_FILE]]");
             System.exit(2);
         }
         Path home = Path.of(args[0]).toAbsolutePath();
         int port = Integer.parseInt(args[1]);
         String host = args.length > 2 ? args[2] : "127.0.0.1";
+        if (args.length > 3) {
+            try {
+                setPassword(home, Path.of(args[3]));
+            } catch (IOException | RuntimeException e) {
+                System.err.println("cdcflow-neo4j: setting the password failed: " + e);
+                Runtime.getRuntime().halt(1);
+                return;
+            }
+        }
 
         AtomicReference<DatabaseManagementService> service = new AtomicReference<>();
         CountDownLatch built = new CountDownLatch(1);
@@ -66,7 +84,7 @@ public final class Neo4jLauncher {
                     .setConfig(BoltConnector.encryption_level, BoltConnector.EncryptionLevel.DISABLED)
                     .setConfig(HttpConnector.enabled, false)
                     .setConfig(HttpsConnector.enabled, false)
-                    .setConfig(GraphDatabaseSettings.auth_enabled, false)
+                    .setConfig(GraphDatabaseSettings.auth_enabled, true)
                     // A throwaway local server has no business reporting usage data to neo4j.com.
                     .setConfig(GraphDatabaseSettings.udc_enabled, false)
                     .setConfig(GraphDatabaseSettings.pagecache_memory, ByteUnit.mebiBytes(64))
@@ -93,5 +111,33 @@ public final class Neo4jLauncher {
 
         // Park until the JVM is told to stop; the shutdown hook does the work.
         new CountDownLatch(1).await();
+    }
+
+    /** Set the password of user neo4j with Bolt closed (embedded transactions need no login), then delete the file. */
+    private static void setPassword(Path home, Path passwordFile) throws IOException {
+        String password = Files.readString(passwordFile, StandardCharsets.UTF_8).strip();
+        Files.delete(passwordFile);
+        DatabaseManagementService dbms = new DatabaseManagementServiceBuilder(home)
+                .setUserLogProvider(new Log4jLogProvider(System.out, Level.WARN))
+                .setConfig(BoltConnector.enabled, false)
+                .setConfig(HttpConnector.enabled, false)
+                .setConfig(HttpsConnector.enabled, false)
+                .setConfig(GraphDatabaseSettings.auth_enabled, true)
+                .setConfig(GraphDatabaseSettings.udc_enabled, false)
+                .setConfig(GraphDatabaseSettings.pagecache_memory, ByteUnit.mebiBytes(64))
+                .setConfig(GraphDatabaseSettings.preallocate_logical_logs, false)
+                .build();
+        try {
+            dbms.database(GraphDatabaseSettings.SYSTEM_DATABASE_NAME).executeTransactionally(
+                    "ALTER USER neo4j SET PASSWORD $password CHANGE NOT REQUIRED", Map.of("password", password));
+        } catch (QueryExecutionException e) {
+            // Already this password (a start whose success was not recorded): nothing to change.
+            if (e.getMessage() == null || !e.getMessage().contains("Old password and new password cannot be the same")) {
+                throw e;
+            }
+        } finally {
+            dbms.shutdown();
+        }
+        System.out.println("cdcflow-neo4j: password set");
     }
 }

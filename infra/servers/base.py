@@ -11,6 +11,7 @@ from cdc.retry import poll_until
 from cdc.settings import Settings
 from infra.errors import StartError, UnreachableError
 from infra.process import ManagedProcess, port_open
+from infra.secrets import private_dir
 
 
 @dataclass
@@ -56,6 +57,11 @@ class Server(abc.ABC):
         return self.settings.is_local(self.name)
 
     @property
+    def admin_settings(self) -> Settings:
+        """The settings with the local servers' admin credentials (infra and health checks act as admin)."""
+        return self.settings.as_role("admin")
+
+    @property
     @abc.abstractmethod
     def endpoint(self) -> str:
         """The address clients use (no secrets)."""
@@ -76,6 +82,11 @@ class Server(abc.ABC):
     @abc.abstractmethod
     def check_health(self) -> str:
         """One real round trip; returns a short detail, raises on failure."""
+
+    def provision(self, deadline: float) -> None:
+        """After `launch`: create or update the server's users from the generated passwords, if it has to be
+        done while it runs (default: nothing; most servers are provisioned before they start)."""
+        return None
 
     def stop(self) -> bool:
         """Stop our local process (SIGTERM, then SIGKILL). True if one was running."""
@@ -114,8 +125,12 @@ class Server(abc.ABC):
                     f"port {busy[0]} is already taken by another process; stop that process or choose "
                     f"another port ({self.port_setting or f'CDCFLOW_{self.name.upper()}_PORT'} and related settings)",
                 )
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # Data (and the passwords) are ours alone: 0700 folders; the servers write under umask 077.
+            private_dir(self.settings.data_dir)
+            private_dir(self.settings.runtime_dir)
+            private_dir(self.data_dir)
             self.launch()
+        self.provision(time.monotonic() + self.start_timeout)
         self.wait_healthy(self.start_timeout)
         ok, detail = self.healthy()
         return self._status(ok, detail, time.monotonic() - start)

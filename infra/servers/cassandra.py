@@ -1,14 +1,34 @@
-"""The local Cassandra: a single node from the Maven Central jars, with our own small configuration."""
+"""The local Cassandra: a single node from the Maven Central jars, with our own small configuration.
+
+Authentication and authorization are on (PasswordAuthenticator, CassandraAuthorizer). On its first start
+Cassandra creates the default superuser cassandra/cassandra; `provision` logs in with it, creates our own
+superuser with a generated password, drops `cassandra`, and creates the worker role (may create keyspaces,
+and owns those it creates; reads the others, e.g. the namespace pointers) and the read-only reader role. It
+runs again whenever the generated passwords change.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
+from cassandra import AuthenticationFailed
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra.policies import DCAwareRoundRobinPolicy
+
 from cdc.connect import cassandra_cluster
+from cdc.credentials import CASSANDRA_ADMIN, CASSANDRA_READER, CASSANDRA_WORKER
 from cdc.settings import Settings
-from infra.errors import InstallError
+from infra.errors import InstallError, StartError
 from infra.maven import fetch_jars, java_binary
+from infra.process import port_open
+from infra.secrets import ensure_secrets, mark_provisioned, private_dir, provisioned_with, write_private
 from infra.servers.base import Server
+
+#: The superuser Cassandra creates on a fresh node (replaced by ours at the first start).
+DEFAULT_SUPERUSER = ("cassandra", "cassandra")
 
 COORDINATES = ["org.apache.cassandra:cassandra-all:5.0.9"]
 MAIN_CLASS = "org.apache.cassandra.service.CassandraDaemon"
@@ -52,6 +72,14 @@ start_native_transport: true
 native_transport_port: {native_port}
 # SimpleSnitch puts the node in "datacenter1", the local DC the clients are configured with.
 endpoint_snitch: SimpleSnitch
+
+# Passwords and permissions (roles set up by cdcflow infra/ at the first start).
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+role_manager: CassandraRoleManager
+roles_validity: 2000ms
+permissions_validity: 2000ms
+credentials_validity: 2000ms
 
 # Sized for {cores} cores and a 1 GiB heap, not for a production box.
 concurrent_reads: 8
@@ -148,12 +176,12 @@ class CassandraServer(Server):
     def write_config(self) -> Path:
         """Write cassandra.yaml and logback.xml from the settings; returns the yaml path."""
         s = self.settings
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.conf_dir)
+        private_dir(self.log_dir)
         for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "triggers"):
-            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+            private_dir(self.data_dir / sub)
         yaml = self.conf_dir / "cassandra.yaml"
-        yaml.write_text(
+        write_private(yaml,
             _YAML.format(
                 data=self.data_dir.resolve(),
                 storage_port=s.cassandra_storage_port,
@@ -163,7 +191,7 @@ class CassandraServer(Server):
                 cores=CORES,
             )
         )
-        (self.conf_dir / "logback.xml").write_text(_LOGBACK.format(logs=self.log_dir.resolve()))
+        write_private(self.conf_dir / "logback.xml", _LOGBACK.format(logs=self.log_dir.resolve()))
         return yaml
 
     def jvm_args(self) -> list[str]:
@@ -211,6 +239,8 @@ class CassandraServer(Server):
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.ring_delay_ms=1000",
             "-Dcassandra.shutdown_announce_in_ms=0",
+            # The default superuser is created 10 s after start by default: nothing to wait for on one node.
+            "-Dcassandra.superuser_setup_delay_ms=0",
             f"-Dcassandra.available_processors={CORES}",
             f"-Dcassandra.config={yaml.resolve().as_uri()}",
             f"-Dcassandra.storagedir={self.data_dir.resolve()}",
@@ -225,9 +255,80 @@ class CassandraServer(Server):
         ]
         self.process.start(argv, cwd=self.data_dir)
 
+    def provision(self, deadline: float) -> None:
+        """Replace the default superuser and create the worker and reader roles (when the passwords changed)."""
+        passwords = ensure_secrets(self.settings.data_dir, "cassandra")
+        if provisioned_with(self.data_dir, passwords):
+            return
+        ours = (CASSANDRA_ADMIN, passwords[CASSANDRA_ADMIN])
+        session = self._login(deadline, [ours, DEFAULT_SUPERUSER])
+        try:
+            # Cassandra refuses a second password change of a role within 5 s: set each one once.
+            if session.cluster.auth_provider.username != CASSANDRA_ADMIN:  # type: ignore[union-attr]
+                self._set_role(session, CASSANDRA_ADMIN, ours[1], "SUPERUSER = true AND LOGIN = true")
+                session.cluster.shutdown()
+                session = self._login(deadline, [ours])
+            session.execute(f"DROP ROLE IF EXISTS {DEFAULT_SUPERUSER[0]}")
+            for role in (CASSANDRA_WORKER, CASSANDRA_READER):
+                self._set_role(session, role, passwords[role], "SUPERUSER = false AND LOGIN = true")
+            # A keyspace's creator gets every permission on it: the worker owns the read models' keyspaces.
+            session.execute(f"GRANT CREATE ON ALL KEYSPACES TO {CASSANDRA_WORKER}")
+            session.execute(f"GRANT SELECT ON ALL KEYSPACES TO {CASSANDRA_WORKER}")
+            session.execute(f"GRANT SELECT ON ALL KEYSPACES TO {CASSANDRA_READER}")
+            # Keyspaces from before authentication (nobody owns them): the worker's, as if it had created them.
+            for row in session.execute("SELECT keyspace_name FROM system_schema.keyspaces"):
+                if not row.keyspace_name.startswith("system"):
+                    session.execute(f'GRANT ALL PERMISSIONS ON KEYSPACE "{row.keyspace_name}" TO {CASSANDRA_WORKER}')
+        finally:
+            session.cluster.shutdown()
+        mark_provisioned(self.data_dir, passwords)
+
+    @staticmethod
+    def _set_role(session: Session, role: str, password: str, options: str) -> None:
+        exists = session.execute("SELECT role FROM system_auth.roles WHERE role = %s", (role,)).one()
+        verb = "ALTER" if exists is not None else "CREATE"
+        session.execute(f"{verb} ROLE {role} WITH {options} AND PASSWORD = %s", (password,))
+
+    def _login(self, deadline: float, candidates: list[tuple[str, str]]) -> Session:
+        """A session as the first of `candidates` that logs in, waiting for the node to accept CQL."""
+        driver_log = logging.getLogger("cassandra")
+        level = driver_log.level
+        driver_log.setLevel(logging.CRITICAL)  # refused logins and timeouts are expected while it starts
+        try:
+            return self._try_login(deadline, candidates)
+        finally:
+            driver_log.setLevel(level)
+
+    def _try_login(self, deadline: float, candidates: list[tuple[str, str]]) -> Session:
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.process.exited_early():
+                raise StartError(self.name, f"process exited during start-up; log {self.process.log_file}:\n"
+                                 + self.process.log_tail())
+            if port_open(self.settings.cassandra_port):
+                for user, password in candidates:
+                    cluster = Cluster(
+                        contact_points=self.settings.cassandra_contact_points, protocol_version=5,
+                        load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=self.settings.cassandra_local_dc),
+                        auth_provider=PlainTextAuthProvider(user, password), connect_timeout=5.0,
+                        control_connection_timeout=5.0, schema_metadata_enabled=False, token_metadata_enabled=False,
+                    )
+                    try:
+                        return cluster.connect()
+                    except NoHostAvailable as exc:
+                        cluster.shutdown()
+                        errors = list(exc.errors.values())
+                        last = str(errors[0]) if errors else str(exc)
+                        if not any(isinstance(e, AuthenticationFailed) for e in errors):
+                            break  # not ready yet: the next candidate would fail the same way
+            time.sleep(1.0)
+        raise StartError(self.name, f"could not log in to set up its roles ({last[:200]}); if "
+                                    f"{self.settings.data_dir / 'secrets'} was changed or removed, remove "
+                                    f"{self.data_dir} (its data is lost) and run `cdcflow infra up` again")
+
     def check_health(self) -> str:
         """Ask the node for its release version over CQL."""
-        cluster = cassandra_cluster(self.settings, connect_timeout=3.0, metadata=False)
+        cluster = cassandra_cluster(self.admin_settings, connect_timeout=3.0, metadata=False)
         try:
             session = cluster.connect()
             row = session.execute("SELECT release_version FROM system.local", timeout=5.0).one()

@@ -7,12 +7,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from cdc.connect import neo4j_driver
+from cdc.credentials import NEO4J_USER
 from cdc.settings import Settings
 from infra.errors import InstallError
 from infra.maven import fetch_jars, java_binary
+from infra.secrets import ensure_secrets, mark_provisioned, provisioned_with, write_private
 from infra.servers.base import Server
 
 COORDINATES = ["org.neo4j:neo4j:5.26.30"]
@@ -35,16 +38,19 @@ _JVM_ARGS = [
 
 
 class Neo4jServer(Server):
-    """Neo4j 5.26 LTS serving Bolt (no TLS, no auth, no HTTP) with its home under the data dir."""
+    """Neo4j 5.26 LTS serving Bolt (no TLS, no HTTP; auth on, user `neo4j` with a generated password) with its
+    home under the data dir. The launcher sets the password (Bolt closed meanwhile) when it changed."""
 
     name = "neo4j"
     uri_setting = "NEO4J_URI"
     port_setting = "CDCFLOW_NEO4J_BOLT_PORT"
-    start_timeout = 120.0
+    # The first start builds the store twice (the password is set with Bolt closed): slow on a busy machine.
+    start_timeout = 240.0
 
     def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)
         self.lib_dir = settings.cache_dir / self.name / "lib"
+        self._pending: dict[str, str] | None = None  # passwords the launcher is setting right now
 
     @property
     def endpoint(self) -> str:
@@ -109,11 +115,25 @@ class Neo4jServer(Server):
             str(self.settings.neo4j_bolt_port),
             "127.0.0.1",
         ]
+        passwords = ensure_secrets(self.settings.data_dir, "neo4j")
+        if not provisioned_with(self.data_dir, passwords):
+            # The launcher reads the password from this 0600 file and deletes it (no password in the argv).
+            password_file = self.data_dir / "initial-password"
+            write_private(password_file, passwords[NEO4J_USER])
+            argv.append(str(password_file.resolve()))
+            self._pending = passwords
         self.process.start(argv, cwd=self.data_dir)
+
+    def provision(self, deadline: float) -> None:
+        """Record the new password as set once the server answers with it."""
+        if self._pending is not None:
+            self.wait_healthy(max(1.0, deadline - time.monotonic()))
+            mark_provisioned(self.data_dir, self._pending)
+            self._pending = None
 
     def check_health(self) -> str:
         """Run `RETURN 1` over Bolt (auto-commit, no retries: a probe must answer or fail fast)."""
-        with neo4j_driver(self.settings) as driver, driver.session() as session:
+        with neo4j_driver(self.admin_settings) as driver, driver.session() as session:
             result = session.run("RETURN 1 AS ok")
             record = result.single(strict=True)
             agent = result.consume().server.agent

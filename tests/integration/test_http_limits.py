@@ -31,7 +31,9 @@ CHUNK = 64 * 1024
 @pytest.fixture(scope="module")
 def clickstream(settings: Settings, mongo: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     prefix = unique("limits") + "_"
-    env = {"CDCFLOW_SERVICE_DB_PREFIX": prefix, "CDCFLOW_WRITE_API_KEY": WRITE_KEY, "CDCFLOW_READ_API_KEY": READ_KEY}
+    # CDCFLOW_ROLE=admin: the service's own MongoDB user reaches its real database only, not this test's.
+    env = {"CDCFLOW_SERVICE_DB_PREFIX": prefix, "CDCFLOW_WRITE_API_KEY": WRITE_KEY, "CDCFLOW_READ_API_KEY": READ_KEY,
+           "CDCFLOW_ROLE": "admin"}
     try:
         with serve("clickstream", env, tmp_path_factory.mktemp("limits")) as app:
             yield app

@@ -19,7 +19,7 @@ from tests.helpers import free_port, unique, wait_for
 
 pytestmark = pytest.mark.integration
 
-PORT = 27251
+PORT = free_port()  # not a fixed port: another checkout's suite may run this test at the same time
 WAIT_QUEUE_TIMEOUT = 2.0
 
 

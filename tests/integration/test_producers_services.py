@@ -286,6 +286,9 @@ ADMIN_COMMANDS = {
     "commitTransaction",
     "abortTransaction",
     "endSessions",
+    # Authentication: the services' users are defined in `admin` (authSource=admin), like every MongoDB user.
+    "saslStart",
+    "saslContinue",
 }
 
 

@@ -48,8 +48,9 @@ def fold_stock(events: list[Event]) -> StockRow | None:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    # CDCFLOW_ROLE=admin: the commands read the namespaces the test (admin) made, as the test's workers do.
     return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "CDCFLOW_LOG_LEVEL": "WARNING"})
+                          timeout=120, env={**os.environ, "CDCFLOW_LOG_LEVEL": "WARNING", "CDCFLOW_ROLE": "admin"})
 
 
 def test_events_refused_by_the_store_then_fixed_take_effect_when_re_driven_after_later_versions(

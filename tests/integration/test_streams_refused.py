@@ -1,8 +1,9 @@
 """A sink that refuses us (no privilege, a read-only transaction, a wrong password; Neo4j's read-only access
 mode) is "the sink is down": the worker waits and retries, visibly (a log line each attempt, Prometheus
 metrics), commits nothing past the refused events and dead-letters none of them; once the refusal is lifted it
-catches up. The local Cassandra runs without authentication: its classification is unit-tested
-(tests/unit/test_sinks_errors.py)."""
+catches up. Every local store checks passwords (issue 15): a wrong one is a refusal too. Cassandra's
+classification is unit-tested (tests/unit/test_sinks_errors.py); that it refuses a wrong password is tested in
+tests/integration/test_security.py."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from neo4j import Session
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import SecretStr
 
 from cdc.connect import postgres_connect
 from cdc.kafka import ensure_topics
@@ -155,13 +157,8 @@ def test_postgres_wrong_password_is_waited_on(
     sink = OrderViewSink(settings, ns)
     with worker_role(settings, ns, sink) as (role, dsn):
         wrong = make_conninfo(dsn, password="not-the-password")
-        try:
-            psycopg.connect(wrong, connect_timeout=5).close()
-        except psycopg.OperationalError:
-            pass
-        else:
-            sink.close()
-            pytest.skip("this Postgres does not check passwords (trust authentication)")
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(wrong, connect_timeout=5).close()  # the local Postgres checks passwords (scram)
         ensure_topics(settings, [topic, dlq_topic(topic)], partitions=PARTITIONS)
         events = order_lifecycle(topic, "o1", "c1", ["p"], ["paid"])
         worker = WorkerProcess("order_view", topic, group, ns, tmp_path, env={"POSTGRES_DSN": wrong})
@@ -231,13 +228,13 @@ def test_neo4j_read_access_mode_is_waited_on_never_dead_lettered(settings: Setti
 
 
 def test_neo4j_wrong_password_is_waited_on(settings: Settings, neo4j: object) -> None:
-    if settings.neo4j_auth is None:
-        pytest.skip("the local Neo4j runs without authentication")
+    auth = settings.neo4j_auth
+    assert auth is not None, "the local Neo4j runs with authentication"
     ns = unique("rw")
     events = order_lifecycle("orders", "o1", "c1", ["a"], ["paid"])
     records = [RawRecord("orders", 0, i, e.kafka_key(), e.to_json(), tuple(e.kafka_headers()))
                for i, e in enumerate(events)]
-    wrong = settings.model_copy(update={"neo4j_password": "not-the-password"})
+    wrong = settings.model_copy(update={"neo4j_user": auth[0], "neo4j_password": SecretStr("not-the-password")})
     sink = PurchaseGraphSink(wrong, ns)
     processor = BatchProcessor(sink, Letters(), Backoff(0.2, 1.0))
 

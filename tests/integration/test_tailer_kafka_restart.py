@@ -36,7 +36,7 @@ def private_kafka(settings: Settings, kafka: Server) -> Iterator[tuple[KafkaServ
     server = KafkaServer(settings, instance=unique("kafka_tailer"), port=free_port(), controller_port=free_port())
     server.ensure_running()
     try:
-        yield server, settings.model_copy(update={"kafka_bootstrap_override": server.bootstrap})
+        yield server, server.client_settings()
     finally:
         server.stop()
         shutil.rmtree(server.data_dir, ignore_errors=True)

@@ -64,7 +64,9 @@ def _big(topic: str, like: Document, size: int) -> Document:
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120)
+    # CDCFLOW_ROLE=admin: the re-drive reads this test's own outbox database, which the tailer's user cannot.
+    done = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CDCFLOW_ROLE": "admin"})
     assert not check or done.returncode == 0, done.stdout + done.stderr
     return done
 

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo.collection import Collection
 
 from cdc.event import Event, utcnow
-from cdc.kafka import ensure_topics
+from cdc.kafka import ensure_topics, kafka_config
 from cdc.outbox import outbox_document
 from cdc.settings import Settings
 
@@ -145,12 +145,11 @@ class TopicReader:
     def __init__(self, settings: Settings, topic: str) -> None:
         ensure_topics(settings, [topic])
         self.topic = topic
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+        self.consumer = Consumer(kafka_config(settings, **{
             "group.id": f"verify-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-        })
+        }))
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         self.records: list[Record] = []
@@ -238,6 +237,11 @@ def tailer_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CDCFLOW_LOG_JSON": "true",
         **extra,
     })
+    # An explicit bootstrap address means "not the local broker": pass its credentials along explicitly too.
+    if settings.kafka_sasl is not None:
+        mechanism, user, password = settings.kafka_sasl
+        env.update({"CDCFLOW_KAFKA_SASL_MECHANISM": mechanism, "CDCFLOW_KAFKA_SASL_USERNAME": user,
+                    "CDCFLOW_KAFKA_SASL_PASSWORD": password})
     return env
 
 

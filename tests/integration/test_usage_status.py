@@ -176,7 +176,8 @@ def test_cli_exit_codes_as_probes_expect_and_json(settings: Settings, mongo_db: 
         client[state]["checkpoints"].insert_one({"_id": key, "token": {"_data": "x"}, "fence": 1,
                                                  "updated_at": now + timedelta(hours=1)})
     kafka_prefix = unique("stp") + "."
-    env = {"CDCFLOW_SERVICE_DB_PREFIX": prefix, "CDCFLOW_TAILER_STATE_DATABASE": state,
+    # Databases of its own, which the tailer's user (the role of `status`) may not read: run as admin.
+    env = {"CDCFLOW_ROLE": "admin", "CDCFLOW_SERVICE_DB_PREFIX": prefix, "CDCFLOW_TAILER_STATE_DATABASE": state,
            "CDCFLOW_KAFKA_TOPIC_PREFIX": kafka_prefix, "CDCFLOW_STATUS_MAX_LAG": str(10**12),
            "CDCFLOW_STATUS_MAX_BACKLOG_AGE_SECONDS": "3600", "CDCFLOW_STATUS_MAX_BACKLOG": "10"}
     runner = CliRunner()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cdc.settings import load_settings
 
 
-def test_defaults_point_at_local_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_point_at_local_servers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("MONGO_URI", "KAFKA_BOOTSTRAP_SERVERS", "POSTGRES_DSN", "CASSANDRA_HOSTS", "NEO4J_URI"):
         monkeypatch.delenv(name, raising=False)
-    s = load_settings()
+    s = load_settings(data_dir=tmp_path)  # no generated credentials there
     assert s.mongo_uri.startswith("mongodb://127.0.0.1:")
     assert s.kafka_bootstrap_servers.startswith("127.0.0.1:")
     assert all(s.is_local(n) for n in ("mongo", "kafka", "postgres", "cassandra", "neo4j"))

@@ -57,6 +57,15 @@ _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+def cluster_id() -> str:
+    """A random base64 UUID, as `kafka-storage random-uuid` prints it: never one that starts with "-", which the
+    storage tool would read as an option (one id in 64 did: a fresh `infra up` then failed to format)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
 class KafkaServer(Server):
     """A single-node KRaft Kafka broker on loopback."""
 
@@ -167,9 +176,9 @@ class KafkaServer(Server):
         log4j = self.data_dir / "log4j2.xml"
         write_private(log4j, _LOG4J2.format(log=self.data_dir / "server.log"))
         cluster_file = self.data_dir / "cluster.id"
-        if not cluster_file.exists():
-            # A random base64 UUID, the same thing `kafka-storage random-uuid` prints.
-            write_private(cluster_file, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        formatted = (self.data_dir / "logs" / "meta.properties").exists()
+        if not cluster_file.exists() or (not formatted and cluster_file.read_text().startswith("-")):
+            write_private(cluster_file, cluster_id())
         classpath = f"{lib}/*"
         if not provisioned_with(self.data_dir, passwords):
             self._format(java, classpath, conf, cluster_file.read_text().strip(), passwords)

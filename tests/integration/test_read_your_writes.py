@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -75,9 +76,14 @@ def own_orders_topic(settings: Settings, kafka: object, monkeypatch: pytest.Monk
     return topic
 
 
+# The test's databases and namespace are its own, which the services', workers' and readers' generated users do
+# not reach: its processes run as admin.
+ADMIN = {"CDCFLOW_ROLE": "admin"}
+
+
 def query_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cli", "query", "order", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **ADMIN})
 
 
 def test_a_client_reads_its_own_writes_through_the_whole_pipeline(
@@ -92,9 +98,9 @@ def test_a_client_reads_its_own_writes_through_the_whole_pipeline(
     sink.setup()  # so the read API finds the table even before the worker's first write
     tailer = Tailer(s, [service_database(s, "order")], client=client).start()
     worker: WorkerProcess | None = WorkerProcess("order_view", topic, group, ns, tmp_path)
-    read_env = {"CDCFLOW_SINK_NAMESPACE": ns, "CDCFLOW_READ_API_MAX_WAIT_MS": "120000"}
+    read_env = {**ADMIN, "CDCFLOW_SINK_NAMESPACE": ns, "CDCFLOW_READ_API_MAX_WAIT_MS": "120000"}
     try:
-        with serve("order", {"CDCFLOW_SERVICE_DB_PREFIX": prefix}, tmp_path) as svc, \
+        with serve("order", {**ADMIN, "CDCFLOW_SERVICE_DB_PREFIX": prefix}, tmp_path) as svc, \
                 serve("read-api", read_env, tmp_path) as api, httpx.Client(timeout=150) as http:
             def read(order_id: str, **params: int) -> httpx.Response:
                 return http.get(f"{api.url}/orders/{order_id}", params=params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -56,10 +57,10 @@ def order_rows(sink: Sink) -> list[Any]:
     return sink.rows()
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cli", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
     )
 
 
@@ -187,16 +188,18 @@ def test_rebuild_shows_its_plan_asks_first_and_dry_run_writes_nothing(
         assert tampered != before
 
         base = ["replay", "--read-model", "order_view", "--from", "earliest", *target]
-        dry = cli(*base, "--rebuild", "--dry-run")
+        # a namespace of the test's own, which the workers' generated user (replay's role) does not own
+        admin = {"CDCFLOW_ROLE": "admin"}
+        dry = cli(*base, "--rebuild", "--dry-run", env=admin)
         assert dry.returncode == 0, dry.stderr
         assert f"{len(events)} record(s) of {topic}" in dry.stdout and f"live model {ns}" in dry.stdout
         assert "swap it in" in dry.stdout
-        planned = json.loads(cli(*base, "--rebuild", "--dry-run", "--json").stdout)
+        planned = json.loads(cli(*base, "--rebuild", "--dry-run", "--json", env=admin).stdout)
         assert planned == {"dry_run": True, "read_model": "order_view", "topic": topic, "namespace": ns,
                            "physical": ns, "rebuild": True, "start": None, "partitions": PARTITIONS,
                            "events": len(events)}
         # no terminal to ask on, no --yes: refused, nothing done
-        asked = cli(*base, "--rebuild")
+        asked = cli(*base, "--rebuild", env=admin)
         assert asked.returncode == 2 and "confirm with --yes" in asked.stderr, asked.stderr
         assert "swap it in" in asked.stderr and "Traceback" not in asked.stderr
         assert order_rows(sink) == tampered
@@ -205,7 +208,7 @@ def test_rebuild_shows_its_plan_asks_first_and_dry_run_writes_nothing(
                                    (f"{ns}_r%",)).fetchone()
         assert shadows == (0,)  # the dry run and the refusal built no shadow
 
-        done = cli(*base, "--rebuild", "--yes", "--json")
+        done = cli(*base, "--rebuild", "--yes", "--json", env=admin)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["rebuild"] is True
         assert order_rows(sink) == before  # rebuilt from the topic: the tampered row is gone

@@ -19,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from cdc.settings import Settings
+from cdc.tls import client_context
 
 #: Seconds to wait for a TCP/handshake before giving up: a down server must fail fast so callers can retry.
 CONNECT_TIMEOUT = 5.0
@@ -79,13 +80,8 @@ def cassandra_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     when one is configured."""
     if not settings.cassandra_tls:
         return None
-    ca = settings.cassandra_tls_ca_file
-    context = ssl.create_default_context(cafile=str(ca) if ca else None)
-    context.check_hostname = settings.cassandra_tls_check_hostname
-    if settings.cassandra_tls_cert_file is not None:
-        key = settings.cassandra_tls_key_file
-        context.load_cert_chain(str(settings.cassandra_tls_cert_file), str(key) if key else None)
-    return context
+    return client_context(settings.cassandra_tls_ca_file, settings.cassandra_tls_cert_file,
+                          settings.cassandra_tls_key_file, settings.cassandra_tls_check_hostname)
 
 
 def cassandra_replication(settings: Settings) -> str:

@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type:
 
 from cdc.retry import poll_until
 from cdc.settings import Settings
+from cdc.tls import client_context
 
 
 class KafkaConfigError(ValueError):
@@ -85,18 +86,8 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """The TLS context of Faust's (aiokafka) clients, from the same settings as librdkafka's; None: no TLS."""
     if not settings.kafka_tls:
         return None
-    ca = settings.kafka_ssl_ca_file
-    context = ssl.create_default_context(cafile=str(ca) if ca else None)
-    context.check_hostname = settings.kafka_ssl_check_hostname
-    if settings.kafka_ssl_cert_file is not None:
-        key = settings.kafka_ssl_key_file
-        password = settings.kafka_ssl_key_password
-        context.load_cert_chain(
-            str(settings.kafka_ssl_cert_file),
-            str(key) if key else None,
-            password.get_secret_value() if password else None,
-        )
-    return context
+    return client_context(settings.kafka_ssl_ca_file, settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file,
+                          settings.kafka_ssl_check_hostname, settings.kafka_ssl_key_password)
 
 
 def faust_credentials(settings: Settings) -> Any:

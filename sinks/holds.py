@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cdc.errors import InvalidEventError
 from cdc.event import Event
+from sinks.base import PermanentSinkError
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,13 @@ def plan_holds(batch: Sequence[Event], held: Mapping[str, str]) -> HoldPlan:
             parked_here.setdefault(aggregate, []).append(event)
     plan.park = [e for events in parked_here.values() for e in events]  # in arrival order per aggregate
     return plan
+
+
+def unpark(value: bytes | str, held_event_id: str) -> Event:
+    """An event a sink parked behind `held_event_id`, decoded again (PermanentSinkError if it no longer decodes)."""
+    try:
+        return Event.from_json(value)
+    except InvalidEventError as exc:  # stored by us, so only a changed event definition gets here
+        raise PermanentSinkError(
+            f"an event parked behind {held_event_id} no longer decodes: {exc}", event_id=held_event_id
+        ) from exc

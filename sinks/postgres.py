@@ -28,12 +28,11 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from cdc.connect import postgres_connect
-from cdc.errors import InvalidEventError
 from cdc.event import Event
 from cdc.logs import get_logger
 from cdc.settings import Settings
 from sinks.base import Hold, PermanentSinkError, Sink, SinkError, SinkRefusedError, TransientSinkError
-from sinks.holds import plan_holds
+from sinks.holds import plan_holds, unpark
 
 R = TypeVar("R")
 
@@ -248,7 +247,7 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
                 (plan.released,),
             )
             for aggregate, value in cur.fetchall():
-                parked.setdefault(str(aggregate), []).append(_unpark(bytes(value), held[str(aggregate)]))
+                parked.setdefault(str(aggregate), []).append(unpark(bytes(value), held[str(aggregate)]))
             for suffix in ("_parked", "_holds"):
                 conn.execute(
                     sql.SQL("DELETE FROM {} WHERE aggregate_id = ANY(%s)").format(self._t(suffix)), (plan.released,)
@@ -439,13 +438,4 @@ def _released(fn: Callable[[Event], T], event: Event, behind: dict[str, str]) ->
         raise PermanentSinkError(
             f"event {event.event_id} (version {event.version}), parked behind {held}, cannot be applied: {exc}",
             event_id=held,
-        ) from exc
-
-
-def _unpark(value: bytes, held_event_id: str) -> Event:
-    try:
-        return Event.from_json(value)
-    except InvalidEventError as exc:  # stored by us, so only a changed event definition gets here
-        raise PermanentSinkError(
-            f"an event parked behind {held_event_id} no longer decodes: {exc}", event_id=held_event_id
         ) from exc

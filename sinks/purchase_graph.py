@@ -65,7 +65,7 @@ from sinks.base import (
     SinkTimeoutError,
     TransientSinkError,
 )
-from sinks.holds import plan_holds
+from sinks.holds import plan_holds, unpark
 from sinks.order_view import ORDER_EVENT_TYPES, order_key
 
 log = get_logger(__name__)
@@ -390,7 +390,7 @@ class PurchaseGraphSink(Sink):
                         "RETURN p.aggregate_id AS a, p.value AS v ORDER BY p.seq"),
                 aggregates=plan.released,
             ):
-                parked[r["a"]].append(_unpark(r["v"], held[r["a"]]))
+                parked[r["a"]].append(unpark(r["v"], held[r["a"]]))
             tx.run(
                 self._q("MATCH (n) WHERE (n:$ParkedEvent OR n:$HeldAggregate) AND n.aggregate_id IN $aggregates "
                         "DETACH DELETE n"),
@@ -530,15 +530,6 @@ class PurchaseGraphSink(Sink):
             ORDER BY order_id, product_id
             """
         )
-
-
-def _unpark(value: str, held_event_id: str) -> Event:
-    try:
-        return Event.from_json(value)
-    except InvalidEventError as exc:  # stored by us, so only a changed event definition gets here
-        raise PermanentSinkError(
-            f"an event parked behind {held_event_id} no longer decodes: {exc}", event_id=held_event_id
-        ) from exc
 
 
 def _released_row(event: Event, behind: dict[str, str]) -> tuple[str, dict[str, Any]]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +15,8 @@ from cdc.logs import configure_logging
 from cdc.mongo import mongo_client
 from cdc.settings import Settings, load_settings
 from infra.servers.base import Server
+from infra.servers.mongo import MongoServer
+from tests.helpers import free_port, unique
 
 configure_logging("WARNING", json=False)
 
@@ -75,3 +80,19 @@ def restart_after(settings: Settings) -> Iterator[list[Server]]:
     yield stopped
     for server in stopped:
         server.ensure_running()
+
+
+@pytest.fixture
+def private_mongo(settings: Settings, kafka: Server) -> Iterator[tuple[MongoServer, Settings]]:
+    """A MongoDB of the test's own (to freeze with SIGSTOP or stop), and settings that point at it; thawed,
+    stopped and removed afterwards."""
+    server = MongoServer(settings, instance=unique("mongo_private"), port=free_port())
+    server.ensure_running()
+    try:
+        yield server, settings.model_copy(update={"mongo_uri_override": server.uri})
+    finally:
+        pid = server.process.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)

@@ -5,10 +5,8 @@ standby whose outbox another tailer leads is healthy."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
-from collections.abc import Iterator
 
 import pytest
 from pymongo import MongoClient
@@ -18,7 +16,6 @@ from cdc.outbox import Document
 from cdc.session import Session
 from cdc.settings import Settings
 from cdc.tailer import Tailer
-from infra.servers.base import Server
 from infra.servers.mongo import MongoServer
 from tests.helpers import free_port, unique, wait_for
 from tests.observability_support import failing_health, healthz, sample, scrape
@@ -68,18 +65,6 @@ def test_healthz_fails_once_an_outbox_thread_dies(
         healthz(port)
 
 
-@pytest.fixture
-def private_mongo(settings: Settings, kafka: Server) -> Iterator[tuple[MongoServer, Settings]]:
-    server = MongoServer(settings, instance=unique("mongo_health"), port=free_port())
-    server.ensure_running()
-    try:
-        yield server, settings.model_copy(update={"mongo_uri_override": server.uri})
-    finally:
-        pid = server.process.pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGCONT)
-        server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def test_healthz_fails_while_the_lease_is_lost_and_recovers(private_mongo: tuple[MongoServer, Settings]) -> None:

@@ -4,11 +4,9 @@ SIGTERM past its bound, a killed fetcher's server cursor is closed, and retentio
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,9 +22,8 @@ from cdc.outbox import Document
 from cdc.session import Session
 from cdc.settings import Settings
 from cdc.tailer import Tailer
-from infra.servers.base import Server
 from infra.servers.mongo import MongoServer
-from tests.helpers import free_port, unique, wait_for
+from tests.helpers import unique, wait_for
 from tests.integration.test_tailer_support import TopicReader, insert_events, make_events, spawn_tailer, terminate
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka")]
@@ -76,18 +73,6 @@ def test_a_lease_heartbeat_that_dies_ends_the_tailer_with_exit_code_1(
     assert tailer.crashed is not None and "heartbeat bug" in tailer.crashed
 
 
-@pytest.fixture
-def private_mongo(settings: Settings, kafka: Server) -> Iterator[tuple[MongoServer, Settings]]:
-    server = MongoServer(settings, instance=unique("mongo_frozen"), port=free_port())
-    server.ensure_running()
-    try:
-        yield server, settings.model_copy(update={"mongo_uri_override": server.uri})
-    finally:
-        pid = server.process.pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGCONT)
-        server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def test_sigterm_with_mongodb_frozen_ends_within_the_bound(

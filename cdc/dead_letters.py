@@ -94,7 +94,7 @@ class DeadLetterStore:
             fields["document"] = None
             self.collection.replace_one(key, fields, upsert=True)
         EVENTS.labels("dead_lettered", outbox).inc()
-        log.error("outbox document dead-lettered", outbox=outbox, event_id=str(doc_id), topic=topic, kind=kind,
+        log.error("outbox_document_dead_lettered", outbox=outbox, event_id=str(doc_id), topic=topic, kind=kind,
                   reason=reason)
 
     def pending(self, outbox: str | None = None) -> int:
@@ -167,7 +167,7 @@ def redrive(settings: Settings, client: MongoClient[Document], *, outbox: str | 
                 _fail(store, letter, reason, report)
     finally:
         publisher.close(timeout=5.0)
-    log.info("tailer dead letters re-driven", replayed=report.replayed, still_failing=len(report.still_failing))
+    log.info("tailer_dead_letters_redriven", replayed=report.replayed, still_failing=len(report.still_failing))
     return report
 
 

@@ -334,5 +334,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The body never carries the exception's text: it can hold hosts, users, queries.
-        log.error("unexpected error", path=request.url.path, error_type=type(exc).__name__, exc_info=exc)
+        log.error("unexpected_error", path=request.url.path, error_type=type(exc).__name__, exc_info=exc)
         return error_response(500, "internal error")

@@ -137,7 +137,7 @@ class OutboxTailer:
             try:
                 acquired = lease.try_acquire()
             except PyMongoError as exc:
-                self.log.warning("lease check failed", error=short(exc))
+                self.log.warning("lease_check_failed", error=short(exc))
                 self.stop.wait(backoff.next())
                 continue
             backoff.reset()
@@ -151,7 +151,7 @@ class OutboxTailer:
                 crashed = False
             except (PyMongoError, FencedError) as exc:
                 crashed = False
-                self.log.warning("leadership interrupted", error=short(exc))
+                self.log.warning("leadership_interrupted", error=short(exc))
                 self.stop.wait(backoff.next())
             finally:
                 if self.stop.is_set() or crashed:  # stopping, or dying: a standby may take over right away
@@ -164,7 +164,7 @@ class OutboxTailer:
         backoff = Backoff()
         while not self.stop.is_set():
             if not self.lease.held:
-                self.log.warning("lease lost: stepping down to standby")
+                self.log.warning("lease_lost_stepping_down")
                 return
             fence = self.lease.fence
             if fence is None:
@@ -178,13 +178,13 @@ class OutboxTailer:
                 session.run()
                 backoff.reset()
             except (LeaseLost, FencedError) as exc:
-                self.log.warning("lease lost: stepping down to standby", reason=str(exc))
+                self.log.warning("lease_lost_stepping_down", reason=str(exc))
                 return
             except Reopen:
                 RESTARTS.labels(self.key, "reopen").inc()
                 continue
             except StreamLost as exc:
-                self.log.warning("change stream ended; re-opening with the catch-up scan", reason=str(exc))
+                self.log.warning("change_stream_ended_rescanning", reason=str(exc))
                 self._force_catchup = True
                 continue
             except (PyMongoError, KafkaException, DeliveryError, CdcError) as exc:
@@ -192,7 +192,7 @@ class OutboxTailer:
                 if time.monotonic() - started >= HEALTHY_SESSION_SECONDS:
                     backoff.reset()
                 delay = backoff.next()
-                self.log.warning("tailer session failed; resuming from checkpoint", error=short(exc),
+                self.log.warning("tailer_session_failed", error=short(exc),
                                  error_type=type(exc).__name__, retry_in=round(delay, 2))
                 self.stop.wait(delay)
             finally:
@@ -207,7 +207,7 @@ class OutboxTailer:
             return
         self.store.reset(self.key, fence, self.reset.start_at, self.reset.scan_from)
         self.log.warning(
-            "checkpoint reset by operator",
+            "checkpoint_reset_by_operator",
             start_at=str(self.reset.start_at) if self.reset.start_at else "catch-up scan",
             scan_from=str(self.reset.scan_from) if self.reset.scan_from else "from the checkpoint",
         )

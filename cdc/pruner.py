@@ -51,11 +51,11 @@ class Pruner:
                 before = min(utcnow() - retention, scan_from)
                 count = prune(outbox.collection, before)
             except PyMongoError as exc:
-                log.warning("pruning the outbox failed; trying again next time", outbox=outbox.key, error=short(exc))
+                log.warning("outbox_prune_failed", outbox=outbox.key, error=short(exc))
                 continue
             if count:
                 EVENTS.labels("pruned", outbox.key).inc(count)
-                log.info("outbox pruned", outbox=outbox.key, deleted=count, before=before.isoformat())
+                log.info("outbox_pruned", outbox=outbox.key, deleted=count, before=before.isoformat())
             deleted += count
         self.pruned += deleted
         return deleted

@@ -92,9 +92,9 @@ class Publisher:
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             self._fatal = err.str()
-            self._log.error("fatal producer error", error=err.str())
+            self._log.error("producer_fatal_error", error=err.str())
         elif err.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
-            self._log.warning("producer error", error=err.str())
+            self._log.warning("producer_error", error=err.str())
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
@@ -138,7 +138,7 @@ class Publisher:
         try:
             return size > min(topic_max_message_bytes(self.settings, topic, timeout=5.0), self.max_record_bytes)
         except Exception as exc:  # cannot tell: resend (a record really too large is refused before sending next time)
-            self._log.warning("topic limit unreadable", topic=topic, error=repr(exc))
+            self._log.warning("topic_limit_unreadable", topic=topic, error=repr(exc))
             return False
 
     def send(
@@ -177,13 +177,13 @@ class Publisher:
             elif err.code() in SIZE_REFUSALS and not self._too_large_alone(topic, size):
                 # Not this record's fault: start over from the checkpoint. The new session reads the topic's
                 # limit afresh and refuses the oversized record before sending it, so this one then goes.
-                log.warning("batch refused for size", event_id=entry.event_id, topic=topic, size=size,
+                log.warning("batch_refused_for_size", event_id=entry.event_id, topic=topic, size=size,
                             error=err.str())
                 inflight.fail(f"a batch refused for size ({err.str()}); resending")
             elif err.code() in REFUSALS:
                 inflight.refuse(entry, f"Kafka refused it: {err.str()}", time.time())
             else:
-                log.error("delivery failed", event_id=entry.event_id, topic=topic, error=err.str())
+                log.error("delivery_failed", event_id=entry.event_id, topic=topic, error=err.str())
                 inflight.fail(err.str())
 
         record_headers = headers if isinstance(headers, list) else list(headers)

@@ -145,9 +145,9 @@ class Session:
             with pymongo.timeout(self._remaining(5.0)):
                 self.o.collection.database.client[database].command(
                     {"killCursors": collection, "cursors": [Int64(cursor_id)]})
-            self.log.info("killed the server cursor of a fetcher that died", cursor_id=cursor_id)
+            self.log.info("dead_fetcher_cursor_killed", cursor_id=cursor_id)
         except PyMongoError as exc:  # the server reaps it after its idle timeout
-            self.log.warning("could not kill the cursor of a fetcher that died", cursor_id=cursor_id,
+            self.log.warning("dead_fetcher_cursor_kill_failed", cursor_id=cursor_id,
                              error=short(exc))
 
     def _remaining(self, cap: float) -> float:
@@ -184,17 +184,17 @@ class Session:
                 floor = self._oplog_floor()
                 if floor is not None and checkpoint.start_at < floor:
                     # SecantusDB silently starts at its oldest entry instead of failing: catch up instead.
-                    self.log.warning("reset time is older than the oplog; running the catch-up scan",
+                    self.log.warning("reset_before_oplog_catch_up_scan",
                                      start_at=str(checkpoint.start_at), oplog_start=str(floor))
                     return self._watch(), True
                 RESTARTS.labels(self.o.key, "start_at").inc()
                 return self._watch(start_at=checkpoint.start_at), False
-            self.log.info("no checkpoint: starting with the catch-up scan")
+            self.log.info("no_checkpoint_catch_up_scan")
             return self._watch(), True
         except OperationFailure as exc:
             if exc.code not in UNRESUMABLE_CODES:
                 raise
-            self.log.warning("cannot resume the change stream; running the catch-up scan",
+            self.log.warning("resume_failed_catch_up_scan",
                              code=exc.code, error=short(exc))
             return self._watch(), True
 
@@ -231,7 +231,7 @@ class Session:
             return None  # not complete: no checkpoint, the next start catches up again
         self._save(start_token)
         self.caught_up = True
-        self.log.warning("catch-up scan done", scanned_from=str(checkpoint.scan_from), sent=result.sent,
+        self.log.warning("catch_up_scan_done", scanned_from=str(checkpoint.scan_from), sent=result.sent,
                          dead_lettered=result.dead_lettered, seconds=round(time.monotonic() - started, 3))
         return self._watch(resume_after=start_token)
 
@@ -256,7 +256,7 @@ class Session:
                 self._commit()
                 time.sleep(0.005)
                 if now - stall_since > settings.tailer_stall_reopen_seconds:
-                    self.log.warning("Kafka acknowledgements stalled; re-opening the stream once they arrive")
+                    self.log.warning("kafka_acks_stalled")
                     self._drain()
                     raise Reopen("stalled")
                 continue
@@ -417,7 +417,7 @@ class Session:
                 raise LeaseLost("lease lost while waiting for Kafka")
             deadline = self.o.stop_deadline()
             if deadline is not None and time.monotonic() >= deadline - _CHECKPOINT_RESERVE_SECONDS:
-                self.log.warning("stop deadline reached with events in flight; they are sent again after a restart",
+                self.log.warning("stop_deadline_events_in_flight",
                                  in_flight=len(self.inflight))
                 break
             self.publisher.flush(0.1)

@@ -179,7 +179,7 @@ class Fetcher:
         if proc is not None and proc.poll() is None:
             return proc
         if proc is not None:
-            self._log.warning("change-stream fetcher exited; starting a new one", exit_code=proc.returncode)
+            self._log.warning("fetcher_exited_restarting", exit_code=proc.returncode)
             self._discard()
         proc = self._proc = subprocess.Popen(
             [sys.executable, "-m", "cdc.fetcher"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
@@ -188,7 +188,7 @@ class Fetcher:
         assert proc.stdin is not None and proc.stdout is not None
         frames.widen(proc.stdout.fileno())
         self._send(frames.HELLO, self._hello)
-        self._log.info("change-stream fetcher started", pid=proc.pid)
+        self._log.info("fetcher_started", pid=proc.pid)
         return proc
 
     def _send(self, kind: bytes, payload: bytes = b"") -> None:
@@ -265,7 +265,7 @@ class Fetcher:
                     return
         except FetcherError:
             return
-        self._log.warning("change-stream fetcher did not close its stream; stopping it")
+        self._log.warning("fetcher_stop_forced")
         self._discard()
 
     def _discard(self) -> None:

@@ -137,7 +137,7 @@ class CircuitBreaker:
         """A call reached MongoDB: close the breaker."""
         with self._lock:
             if self._state is not BreakerState.CLOSED:
-                log.info("circuit breaker closed", breaker=self.name)
+                log.info("circuit_breaker_closed", breaker=self.name)
             self._state = BreakerState.CLOSED
             self._failures = 0
             self._trial_running = False
@@ -158,7 +158,7 @@ class CircuitBreaker:
 
     def _open_locked(self, reason: str) -> None:
         if self._state is not BreakerState.OPEN:
-            log.warning("circuit breaker opened", breaker=self.name, reason=reason[:200])
+            log.warning("circuit_breaker_opened", breaker=self.name, reason=reason[:200])
         self._state = BreakerState.OPEN
         self._opened_at = self._clock()
 

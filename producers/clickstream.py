@@ -102,7 +102,7 @@ def record_page_views(writer: OutboxWriter, views: Sequence[PageViewIn]) -> list
 
     ids = writer.transact(work)
     for e in events:
-        log.debug("page view", event_id=e.event_id, user_id=e.aggregate_id)
+        log.debug("page_view", event_id=e.event_id, user_id=e.aggregate_id)
     return ids
 
 

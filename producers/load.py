@@ -288,7 +288,7 @@ class LoadGenerator:
         )
         r.raise_for_status()
         seeded: dict[str, int] = r.json()
-        log.info("catalogue seeded", **seeded)
+        log.info("catalogue_seeded", **seeded)
         return seeded
 
     def run(self, rate: float, duration: float) -> LoadReport:
@@ -302,7 +302,7 @@ class LoadGenerator:
             try:
                 action()
             except Exception as exc:  # a bug in the simulation must not stop the run
-                log.warning("load action failed", error=repr(exc)[:300])
+                log.warning("load_action_failed", error=repr(exc)[:300])
             finally:
                 slots.release()
 

@@ -116,7 +116,7 @@ class OrderStore:
                     raise ConcurrencyError(order_id) from None
                 continue
             log.info(
-                "order event",
+                "order_event",
                 event_id=event.event_id,
                 order_id=order_id,
                 type=event.type,

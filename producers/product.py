@@ -239,7 +239,7 @@ def seed_catalogue(
                 # A purchase or another seed committed first (or created the product): read and decide again.
                 if time.monotonic() >= deadline:
                     raise CatalogueConflictError(f"products kept changing during the seed: {chunk[0].id} …") from None
-    log.info("catalogue seeded", trace_id=trace, events=result.events, **result.outcomes)
+    log.info("catalogue_seeded", trace_id=trace, events=result.events, **result.outcomes)
     return result
 
 

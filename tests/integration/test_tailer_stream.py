@@ -124,7 +124,7 @@ def test_sigterm_flushes_checkpoints_and_exits_zero(
         assert terminate(proc) == 0
         reader.poll(1.0)
         log = (tmp_path / "tail.log").read_text()
-        assert log.count("catch-up scan done") == 1, log[-3000:]
+        assert log.count("catch_up_scan_done") == 1, log[-3000:]
         assert len(reader.records) == len(reader.ids) == len(docs), "events sent twice after a clean stop"
         assert sent
         assert_per_aggregate_order(reader.records)

@@ -270,7 +270,7 @@ def fetcher_pids(log: Path) -> set[int]:
     """Pids of the change-stream fetchers that the tailers logging to `log` started."""
     pids: set[int] = set()
     for line in log.read_text(errors="replace").splitlines():
-        if "change-stream fetcher started" in line:
+        if "fetcher_started" in line:
             with contextlib.suppress(ValueError):
                 pids.add(int(json.loads(line)["pid"]))
     return pids

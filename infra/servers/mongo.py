@@ -1,8 +1,9 @@
 """MongoDB for local use: SecantusDB (PyPI `secantusdb`), a MongoDB-wire-compatible single-node server.
 
-It runs with `--auth` (SCRAM-SHA-256), and with `tls` (the TLS tests' private instance) accepts TLS only. Its users are created the way SecantusDB documents it: once (and again
-whenever the generated passwords change), the server is started without auth on a random loopback port, the
-users and roles are created, the user list is checked to hold exactly ours, and the server is stopped and
+It runs with `--auth` (SCRAM-SHA-256); given `tls` (the TLS tests' private instance) it accepts TLS only. Its
+users are created the way SecantusDB documents it: once (and again whenever the generated passwords change),
+the server is started without auth (and without TLS) on a random loopback port, the users and roles are
+created, the user list is checked to hold exactly ours, and the server is stopped and
 started for good with `--auth` on its own port.
 
 Users (all defined in `admin`; cdc/credentials.py names them):

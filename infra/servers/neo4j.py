@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -23,6 +24,8 @@ COORDINATES = ["org.neo4j:neo4j:5.26.30"]
 EXCLUSIONS = ["org.apache.hadoop:*", "blue.strategic.parquet:*"]
 LAUNCHER_SOURCE = Path(__file__).resolve().parent.parent / "java" / "Neo4jLauncher.java"
 MAIN_CLASS = "Neo4jLauncher"
+
+_STALE_LAUNCHER_SECONDS = 24 * 3600
 
 _JVM_ARGS = [
     "-Xms64m",
@@ -110,8 +113,13 @@ class Neo4jServer(Server):
             if result.returncode != 0:
                 tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
                 raise InstallError(self.name, "compiling Neo4jLauncher.java failed: " + " | ".join(tail))
+            # Checkouts of other versions share this cache and may be starting theirs right now: only launchers
+            # unused for a day go (a missing one is compiled again on demand).
+            stale = time.time() - _STALE_LAUNCHER_SECONDS
             for old in target.parent.glob("launcher-*"):
-                shutil.rmtree(old, ignore_errors=True)
+                with contextlib.suppress(OSError):  # another checkout may prune at the same time
+                    if old.stat().st_mtime < stale:
+                        shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -122,6 +130,7 @@ class Neo4jServer(Server):
         classes = self.classes_dir
         if not (classes / f"{MAIN_CLASS}.class").is_file() or not any(self.lib_dir.glob("*.jar")):
             raise InstallError(self.name, f"not installed under {classes.parent}: run `cdcflow infra up`")
+        os.utime(classes)  # in use: not stale (install prunes launchers unused for a day)
         tls: list[str] = []
         if self.tls is not None:
             cert, key, ca = self.tls

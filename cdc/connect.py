@@ -1,20 +1,22 @@
 """Connection helpers: the one place that knows how to reach Postgres, Cassandra and Neo4j.
 
 Postgres and Neo4j take credentials and TLS through their URIs (`sslmode=verify-full&sslrootcert=...`,
-`neo4j+s://`); Cassandra through settings: PlainTextAuthProvider, a TLS context, the local data centre,
-read/write consistency levels and the replication of the keyspaces cdcflow creates.
+`neo4j+s://`; a Neo4j whose certificate a private CA signed: `neo4j_ca_file`); Cassandra through settings:
+PlainTextAuthProvider, a TLS context, the local data centre, read/write consistency levels and the replication
+of the keyspaces cdcflow creates.
 """
 
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import psycopg
 from cassandra import ConsistencyLevel
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy
-from neo4j import Driver, GraphDatabase
+from neo4j import Driver, GraphDatabase, TrustCustomCAs
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
@@ -112,10 +114,15 @@ def cassandra_session(settings: Settings, keyspace: str | None = None) -> Sessio
 
 
 def neo4j_driver(settings: Settings) -> Driver:
-    """A Neo4j driver for the configured Bolt URI (TLS by scheme: `bolt+s://`, `neo4j+s://`); close it when done."""
+    """A Neo4j driver for the configured Bolt URI; close it when done. TLS by scheme (`bolt+s://`, `neo4j+s://`:
+    the system's CAs), or with `neo4j_ca_file` (a `bolt://` / `neo4j://` URI): verified against that CA."""
+    tls: dict[str, Any] = {}
+    if settings.neo4j_ca_file is not None:
+        tls = {"encrypted": True, "trusted_certificates": TrustCustomCAs(str(settings.neo4j_ca_file))}
     return GraphDatabase.driver(
         settings.neo4j_uri,
         auth=settings.neo4j_auth,
         connection_timeout=CONNECT_TIMEOUT,
         connection_acquisition_timeout=2 * CONNECT_TIMEOUT,
+        **tls,
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, quote_plus
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdc.credentials import Role, role_credentials
@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     neo4j_password: SecretStr | None = Field(
         default=None, validation_alias=_env("NEO4J_PASSWORD", "CDCFLOW_NEO4J_PASSWORD")
     )
+    # A CA bundle (PEM) to verify the Neo4j server against, instead of the system's: TLS with a `bolt://` or
+    # `neo4j://` URI (the driver takes a custom CA only with those schemes; `+s` means the system's CAs).
+    neo4j_ca_file: Path | None = Field(default=None, validation_alias=_both("NEO4J_CA_FILE"))
 
     # MongoDB client pool (one pooled client per process).
     mongo_max_pool_size: int = 50
@@ -282,6 +285,18 @@ class Settings(BaseSettings):
     # (larger wait_ms is 422), and how many requests may wait at once (more get 503 with Retry-After).
     read_api_max_wait_ms: int = Field(default=10_000, ge=0, le=600_000)
     read_api_max_waiters: int = Field(default=1000, ge=1)
+
+    @field_validator("neo4j_ca_file")
+    @classmethod
+    def _neo4j_ca_with_plain_scheme(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # A field validator, not a model one: its error shows only this value, never the other settings' secrets.
+        scheme = (info.data.get("neo4j_uri_override") or "bolt://").partition("://")[0]
+        if value is not None and "+" in scheme:
+            raise ValueError(
+                f"NEO4J_CA_FILE needs a bolt:// or neo4j:// NEO4J_URI (it turns TLS on itself), not {scheme}://: "
+                "`+s` trusts the system's CAs, `+ssc` any certificate"
+            )
+        return value
 
     @field_validator("write_api_key", "read_api_key")
     @classmethod

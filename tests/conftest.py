@@ -17,6 +17,7 @@ from cdc.settings import Settings, load_settings
 from infra.servers.base import Server
 from infra.servers.mongo import MongoServer
 from tests.helpers import free_port, unique
+from tests.tls_support import Tls, make_tls
 
 configure_logging("WARNING", json=False)
 
@@ -96,3 +97,15 @@ def private_mongo(settings: Settings, kafka: Server) -> Iterator[tuple[MongoServ
             os.kill(pid, signal.SIGCONT)
         server.stop()
         shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """A throwaway CA and a server certificate for 127.0.0.1 it signed (one per test module)."""
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """Another throwaway CA: a client trusting it must refuse the `tls` fixture's server."""
+    return make_tls(tmp_path_factory.mktemp("other-ca"))

@@ -14,6 +14,9 @@ import org.neo4j.configuration.connectors.BoltConnectorInternalSettings;
 import org.neo4j.configuration.connectors.HttpConnector;
 import org.neo4j.configuration.connectors.HttpsConnector;
 import org.neo4j.configuration.helpers.SocketAddress;
+import org.neo4j.configuration.ssl.ClientAuth;
+import org.neo4j.configuration.ssl.SslPolicyConfig;
+import org.neo4j.configuration.ssl.SslPolicyScope;
 import org.neo4j.dbms.api.DatabaseManagementService;
 import org.neo4j.dbms.api.DatabaseManagementServiceBuilder;
 import org.neo4j.graphdb.QueryExecutionException;
@@ -29,6 +32,9 @@ import org.neo4j.logging.log4j.Log4jLogProvider;
  * Authentication is always on. With PASSWORD_FILE, the password of user `neo4j` is first set to the file's
  * content with Bolt still closed (a DBMS of its own, shut down again), and the file is deleted: the password
  * never appears in the arguments, and no client can reach the server before it is set.
+ *
+ * With the system property `cdcflow.bolt.tls.dir` (a directory holding `private.key` and `public.crt`, PEM),
+ * Bolt accepts TLS connections only (encryption level REQUIRED, no client certificate asked for).
  *
  * Neo4j's own server distribution is not on Maven Central; the embedded API plus the Bolt connector gives the
  * same wire protocol from the plain `org.neo4j:neo4j` jars.
@@ -75,13 +81,24 @@ public final class Neo4jLauncher {
             }
         }, "cdcflow-neo4j-shutdown"));
 
+        String tlsDir = System.getProperty("cdcflow.bolt.tls.dir");
         DatabaseManagementService dbms;
         try {
-            dbms = new DatabaseManagementServiceBuilder(home)
+            DatabaseManagementServiceBuilder builder = new DatabaseManagementServiceBuilder(home);
+            if (tlsDir != null) {
+                SslPolicyConfig bolt = SslPolicyConfig.forScope(SslPolicyScope.BOLT);
+                builder.setConfig(bolt.enabled, true)
+                        .setConfig(bolt.base_directory, Path.of(tlsDir).toAbsolutePath())
+                        .setConfig(bolt.private_key, Path.of("private.key"))
+                        .setConfig(bolt.public_certificate, Path.of("public.crt"))
+                        .setConfig(bolt.client_auth, ClientAuth.NONE);
+            }
+            dbms = builder
                     .setUserLogProvider(new Log4jLogProvider(System.out, Level.INFO))
                     .setConfig(BoltConnector.enabled, true)
                     .setConfig(BoltConnector.listen_address, new SocketAddress(host, port))
-                    .setConfig(BoltConnector.encryption_level, BoltConnector.EncryptionLevel.DISABLED)
+                    .setConfig(BoltConnector.encryption_level, tlsDir != null
+                            ? BoltConnector.EncryptionLevel.REQUIRED : BoltConnector.EncryptionLevel.DISABLED)
                     .setConfig(HttpConnector.enabled, false)
                     .setConfig(HttpsConnector.enabled, false)
                     .setConfig(GraphDatabaseSettings.auth_enabled, true)
@@ -106,7 +123,7 @@ public final class Neo4jLauncher {
         built.countDown();
 
         dbms.database(GraphDatabaseSettings.DEFAULT_DATABASE_NAME).executeTransactionally("RETURN 1");
-        System.out.println("cdcflow-neo4j: ready, bolt://" + host + ":" + port + " home " + home);
+        System.out.println("cdcflow-neo4j: ready, bolt" + (tlsDir != null ? "+s" : "") + "://" + host + ":" + port + " home " + home);
         System.out.flush();
 
         // Park until the JVM is told to stop; the shutdown hook does the work.

@@ -1,8 +1,9 @@
 """MongoDB for local use: SecantusDB (PyPI `secantusdb`), a MongoDB-wire-compatible single-node server.
 
-It runs with `--auth` (SCRAM-SHA-256). Its users are created the way SecantusDB documents it: once (and again
-whenever the generated passwords change), the server is started without auth on a random loopback port, the
-users and roles are created, the user list is checked to hold exactly ours, and the server is stopped and
+It runs with `--auth` (SCRAM-SHA-256); given `tls` (the TLS tests' private instance) it accepts TLS only. Its
+users are created the way SecantusDB documents it: once (and again whenever the generated passwords change),
+the server is started without auth (and without TLS) on a random loopback port, the users and roles are
+created, the user list is checked to hold exactly ours, and the server is stopped and
 started for good with `--auth` on its own port.
 
 Users (all defined in `admin`; cdc/credentials.py names them):
@@ -24,6 +25,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
@@ -34,7 +36,7 @@ from cdc.services import SERVICE_DATABASES
 from cdc.settings import Settings, local_mongo_uri
 from infra.errors import InstallError, StartError
 from infra.process import port_open, server_environment, wait_until
-from infra.secrets import ensure_secrets, mark_provisioned, provisioned_with
+from infra.secrets import ensure_secrets, mark_provisioned, provisioned_with, write_private
 from infra.servers.base import Server
 
 TAILER_ROLE = "cdcflowTailer"
@@ -51,19 +53,29 @@ class MongoServer(Server):
 
     def __init__(
         self, settings: Settings, *, instance: str | None = None, port: int | None = None,
-        extra_args: list[str] | None = None,
+        extra_args: list[str] | None = None, tls: tuple[bytes, bytes, bytes] | None = None,
     ) -> None:
         super().__init__(settings, instance=instance)
         self.port = port or settings.mongo_port
         # Tests pass e.g. --oplog-max-entries to force "history lost" on a private instance.
         self.extra_args = extra_args or []
+        # (certificate chain PEM, key PEM, CA PEM): accept TLS connections only (the TLS tests' private instance).
+        self.tls = tls
+
+    @property
+    def tls_ca_file(self) -> Path:
+        """Where a TLS server keeps the CA that signed its certificate (what its own clients verify with)."""
+        return self.data_dir / "tls-ca.pem"
 
     @property
     def uri(self) -> str:
         """Connection string of this server, as its admin user (holds a password: never log it)."""
         if not self.local:
             return self.settings.mongo_uri
-        return local_mongo_uri(self.port, role_credentials(self.settings.data_dir, "mongo", "admin"))
+        uri = local_mongo_uri(self.port, role_credentials(self.settings.data_dir, "mongo", "admin"))
+        if self.tls is not None:
+            uri += f"&tls=true&tlsCAFile={quote(str(self.tls_ca_file))}"
+        return uri
 
     @property
     def endpoint(self) -> str:
@@ -108,7 +120,16 @@ class MongoServer(Server):
         if not provisioned_with(self.data_dir, passwords, grants):
             self._provision_users(passwords)
             mark_provisioned(self.data_dir, passwords, grants)
-        self.process.start([*self._argv(self.port), "--auth"], cwd=self.data_dir)
+        # TLS on the serving start only: provisioning listens on a random loopback port for its own client.
+        tls: list[str] = []
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            cert_file, key_file = self.data_dir / "tls-cert.pem", self.data_dir / "tls-key.pem"
+            write_private(cert_file, cert.decode())
+            write_private(key_file, key.decode())
+            write_private(self.tls_ca_file, ca.decode())
+            tls = ["--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)]
+        self.process.start([*self._argv(self.port), "--auth", *tls], cwd=self.data_dir)
 
     # -- users ----------------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -24,9 +25,10 @@ EXCLUSIONS = ["org.apache.hadoop:*", "blue.strategic.parquet:*"]
 LAUNCHER_SOURCE = Path(__file__).resolve().parent.parent / "java" / "Neo4jLauncher.java"
 MAIN_CLASS = "Neo4jLauncher"
 
+_STALE_LAUNCHER_SECONDS = 24 * 3600
+
 _JVM_ARGS = [
     "-Xms64m",
-    "-Xmx512m",
     "-XX:+UseG1GC",
     "-XX:+ExitOnOutOfMemoryError",
     # Neo4j's page cache and Bolt reach into these; it runs without them but warns at every start.
@@ -38,8 +40,9 @@ _JVM_ARGS = [
 
 
 class Neo4jServer(Server):
-    """Neo4j 5.26 LTS serving Bolt (no TLS, no HTTP; auth on, user `neo4j` with a generated password) with its
-    home under the data dir. The launcher sets the password (Bolt closed meanwhile) when it changed."""
+    """Neo4j 5.26 LTS serving Bolt (no HTTP; auth on, user `neo4j` with a generated password) with its home under
+    the data dir. The launcher sets the password (Bolt closed meanwhile) when it changed. Bolt is plaintext,
+    or TLS only when `tls` is given (the TLS tests' private instance)."""
 
     name = "neo4j"
     uri_setting = "NEO4J_URI"
@@ -47,10 +50,27 @@ class Neo4jServer(Server):
     # The first start builds the store twice (the password is set with Bolt closed): slow on a busy machine.
     start_timeout = 240.0
 
-    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, instance: str | None = None, tls: tuple[bytes, bytes, bytes] | None = None,
+        max_heap: str = "512m",
+    ) -> None:
         super().__init__(settings, instance=instance)
         self.lib_dir = settings.cache_dir / self.name / "lib"
         self._pending: dict[str, str] | None = None  # passwords the launcher is setting right now
+        # (certificate chain PEM, PKCS#8 key PEM, CA PEM): Bolt accepts TLS connections only.
+        self.tls = tls
+        self.max_heap = max_heap
+
+    @property
+    def tls_dir(self) -> Path:
+        """The Bolt SSL policy's base directory (`private.key`, `public.crt`) and the CA (`ca.pem`)."""
+        return self.data_dir / "bolt-tls"
+
+    def client_settings(self) -> Settings:
+        """Settings whose Neo4j driver reaches this server (verifying it against its CA when it serves TLS)."""
+        if self.tls is None:
+            return self.settings
+        return self.settings.model_copy(update={"neo4j_ca_file": self.tls_dir / "ca.pem"})
 
     @property
     def endpoint(self) -> str:
@@ -93,8 +113,13 @@ class Neo4jServer(Server):
             if result.returncode != 0:
                 tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
                 raise InstallError(self.name, "compiling Neo4jLauncher.java failed: " + " | ".join(tail))
+            # Checkouts of other versions share this cache and may be starting theirs right now: only launchers
+            # unused for a day go (a missing one is compiled again on demand).
+            stale = time.time() - _STALE_LAUNCHER_SECONDS
             for old in target.parent.glob("launcher-*"):
-                shutil.rmtree(old, ignore_errors=True)
+                with contextlib.suppress(OSError):  # another checkout may prune at the same time
+                    if old.stat().st_mtime < stale:
+                        shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -105,9 +130,19 @@ class Neo4jServer(Server):
         classes = self.classes_dir
         if not (classes / f"{MAIN_CLASS}.class").is_file() or not any(self.lib_dir.glob("*.jar")):
             raise InstallError(self.name, f"not installed under {classes.parent}: run `cdcflow infra up`")
+        os.utime(classes)  # in use: not stale (install prunes launchers unused for a day)
+        tls: list[str] = []
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            write_private(self.tls_dir / "public.crt", cert.decode())
+            write_private(self.tls_dir / "private.key", key.decode())
+            write_private(self.tls_dir / "ca.pem", ca.decode())
+            tls = [f"-Dcdcflow.bolt.tls.dir={self.tls_dir.resolve()}"]
         argv = [
             java,
+            f"-Xmx{self.max_heap}",
             *_JVM_ARGS,
+            *tls,
             "-cp",
             f"{classes}:{self.lib_dir}/*",
             MAIN_CLASS,
@@ -133,7 +168,7 @@ class Neo4jServer(Server):
 
     def check_health(self) -> str:
         """Run `RETURN 1` over Bolt (auto-commit, no retries: a probe must answer or fail fast)."""
-        with neo4j_driver(self.admin_settings) as driver, driver.session() as session:
+        with neo4j_driver(self.client_settings().as_role("admin")) as driver, driver.session() as session:
             result = session.run("RETURN 1 AS ok")
             record = result.single(strict=True)
             agent = result.consume().server.agent

@@ -1,5 +1,6 @@
 """TLS on the hops: a client connects with the CA that signed the server's certificate, and refuses (or is
-refused) without it. A throwaway CA and server certificate are made per test module (tests/tls_support.py)."""
+refused) without it. A throwaway CA and server certificate are made per test module (tests/tls_support.py, the
+`tls` and `other_ca` fixtures). Postgres and Kafka here; MongoDB and Neo4j in test_tls_stores.py."""
 
 from __future__ import annotations
 
@@ -20,19 +21,9 @@ from cdc.settings import Settings
 from infra.servers.kafka import KafkaServer
 from infra.servers.postgres import PostgresServer
 from tests.helpers import free_port, unique
-from tests.tls_support import Tls, make_tls
+from tests.tls_support import Tls
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(tmp_path_factory.mktemp("other-ca"))
 
 
 @pytest.fixture(scope="module")

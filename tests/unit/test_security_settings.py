@@ -4,6 +4,7 @@ client (librdkafka and Faust), Cassandra replication, secrets kept out of repr, 
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from pathlib import Path
 
@@ -142,6 +143,19 @@ def test_consistency_levels_are_validated(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CDCFLOW_CASSANDRA_READ_CONSISTENCY", "MOST")
     with pytest.raises(ValueError):
         load_settings()
+
+
+def test_neo4j_ca_file_needs_a_plain_scheme(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    monkeypatch.setenv("NEO4J_CA_FILE", str(ca))
+    monkeypatch.setenv("NEO4J_URI", "neo4j://graph:7687")
+    monkeypatch.setenv("NEO4J_PASSWORD", "pw-not-in-the-error")
+    assert load_settings().neo4j_ca_file == ca
+    for scheme in ("neo4j+s", "bolt+ssc"):
+        monkeypatch.setenv("NEO4J_URI", f"{scheme}://graph:7687")
+        with pytest.raises(ValueError, match=re.escape("needs a bolt:// or neo4j:// NEO4J_URI")) as error:
+            load_settings()
+        assert f"not {scheme}://" in str(error.value) and "pw-not-in-the-error" not in str(error.value)
 
 
 def test_status_warns_about_rf1_on_several_brokers() -> None:

@@ -52,6 +52,12 @@ def _events(model: str, topic: str) -> list[Any]:
             for i in range(120)]
 
 
+def _fresh_snapshot(model: str, settings: Settings, ns: str) -> Any:
+    """The model as a new reader sees it (no cached keyspace pointer)."""
+    with build_sink(model, settings, ns) as sink:
+        return sink.snapshot()
+
+
 def _shadows_left(settings: Settings, model: str, ns: str) -> int:
     """Namespaces (or nodes) of rebuild shadows of `ns` still there."""
     if model == "order_view":
@@ -109,7 +115,7 @@ def test_verify_passes_a_faithful_rebuild_and_swaps(
         assert report.verification is not None and report.verification.ok, report.verification
         assert report.verification.equal == len(entries) and report.verification.unexplained == 0
         assert report.to_json()["verification"]["ok"] is True
-        assert build_sink(model, small, ns).snapshot() == live
+        assert _fresh_snapshot(model, small, ns) == live
         assert report.physical is not None
     finally:
         sink.drop()
@@ -151,7 +157,7 @@ def test_verify_refuses_a_tampered_live_model_and_leaves_it_untouched(
         verdict = refused.value.verification
         assert verdict.unexplained == 1 and [d.kind for d in verdict.examples] == [kind]
         assert "1 unexplained difference(s)" in str(refused.value)
-        assert build_sink(model, small, ns).snapshot() == tampered  # nothing swapped
+        assert _fresh_snapshot(model, small, ns) == tampered  # nothing swapped
         assert _shadows_left(small, model, ns) == 0  # the shadow was dropped
 
         if model == "order_view":  # the command line: exit 1, the difference named, no traceback

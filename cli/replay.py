@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from typing import Annotated
 
 import typer
@@ -25,6 +26,8 @@ from cdc.settings import Settings
 from sinks.registry import READ_MODELS
 
 EXIT_USAGE = 2
+#: `--verify` refused the swap: nothing was replaced.
+EXIT_REFUSED = 1
 
 
 class _RateColumn(ProgressColumn):
@@ -97,6 +100,17 @@ def replay_command(
                  "each partition starts at its first record published at or after it (Kafka record time).",
         ),
     ],
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until",
+            help="An ISO-8601 time: each partition stops before its first record published after it, so the model "
+                 "is built as of that time. Not with --rebuild (live workers would go on from their own offsets "
+                 "on top of a model of the past): write it into a namespace of its own (--namespace) and query "
+                 "it there.",
+            show_default=False,
+        ),
+    ] = None,
     rebuild: Annotated[
         bool,
         typer.Option(
@@ -104,6 +118,23 @@ def replay_command(
             help="Build into a shadow namespace and swap it in at the end: readers never see a half-built model.",
         ),
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="With --rebuild: before the swap, compare the shadow with the live model row by row; a "
+                 "difference that neither later records nor live workers still behind explain refuses the "
+                 "swap (exit 1, shadow dropped, live model untouched).",
+        ),
+    ] = False,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="The live workers' consumer group, for --verify: once it has committed past the shadow's end, "
+                 "the live model must have all the shadow has (default: the read model's group).",
+            show_default=False,
+        ),
+    ] = None,
     topic: Annotated[str | None, typer.Option(help="Source topic (default: the read model's).")] = None,
     namespace: Annotated[
         str | None, typer.Option(help="Sink namespace: schema/keyspace/label prefix (default: the live one).")
@@ -126,15 +157,24 @@ def replay_command(
 
     --rebuild shows what it will swap and asks first (--yes: do not ask; without a terminal it needs --yes).
     """
-    from streams.replay import parse_start, plan_replay, replay
+    from streams.replay import VerifyError, parse_start, parse_until, plan_replay, replay
 
     settings = _settings(ctx)
     if read_model not in READ_MODELS:
         raise _usage_error(f"unknown read model {read_model!r}; known: {', '.join(READ_MODELS)}")
     try:
         start = parse_start(from_)
+        end = None if until is None else parse_until(until, start)
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
+    if end is not None and rebuild:
+        raise _usage_error(
+            "--until cannot be used with --rebuild: the live workers would go on from their own offsets on top "
+            "of a model of the past; build the as-of model into a namespace of its own instead "
+            "(--until ... --namespace NAME, then cdcflow query ... --namespace NAME)"
+        )
+    if verify and not rebuild:
+        raise _usage_error("--verify compares a rebuilt shadow with the live model before the swap: add --rebuild")
     if namespace is not None:
         from sinks.base import check_namespace
 
@@ -143,7 +183,8 @@ def replay_command(
         except ValueError as exc:
             raise _usage_error(str(exc)) from None
     if dry_run or (rebuild and not yes):
-        plan = plan_replay(settings, read_model, start, rebuild=rebuild, topic=topic, namespace=namespace)
+        plan = plan_replay(settings, read_model, start, rebuild=rebuild, topic=topic, namespace=namespace,
+                           until=end, verify=verify)
         if dry_run:
             typer.echo(json.dumps({"dry_run": True, **plan.to_json()}) if as_json else plan.describe())
             return
@@ -154,23 +195,35 @@ def replay_command(
             typer.echo("nothing done", err=True)
             raise typer.Exit(1)
     console = Console(stderr=True)
-    if as_json or not sys.stderr.isatty():
-        report = replay(settings, read_model, start, rebuild=rebuild, topic=topic, namespace=namespace)
-    else:
-        with RichProgress(console) as bar:
-            report = replay(settings, read_model, start, rebuild=rebuild, topic=topic, namespace=namespace,
-                            progress=bar)
+    run = partial(replay, settings, read_model, start, rebuild=rebuild, topic=topic, namespace=namespace,
+                  until=end, verify=verify, group=group)
+    try:
+        if as_json or not sys.stderr.isatty():
+            report = run()
+        else:
+            with RichProgress(console) as bar:
+                report = run(progress=bar)
+    except VerifyError as exc:
+        if as_json:
+            typer.echo(json.dumps({"refused": True, "verification": exc.verification.to_json()}))
+        typer.secho(f"refused: {exc}\nnothing swapped: the live model is as it was; the shadow was dropped",
+                    fg="red", err=True)
+        raise typer.Exit(EXIT_REFUSED) from None
     if as_json:
         typer.echo(json.dumps(report.to_json()))
         return
     rate = report.events / report.seconds if report.seconds else 0.0
+    until_text = "" if report.until is None else f" until {report.until.isoformat()}"
     typer.echo(
         f"{report.read_model}: {report.events} event(s) from {report.topic} "
-        f"({'earliest' if report.start is None else report.start.isoformat()}) into namespace {report.namespace} "
+        f"({'earliest' if report.start is None else report.start.isoformat()}{until_text}) "
+        f"into namespace {report.namespace} "
         f"in {report.seconds:.1f}s ({rate:,.0f} ev/s); {report.dead} dead letter(s)"
     )
     for phase in report.phases:
         typer.echo(f"  {phase.name:<18} {phase.namespace:<28} {phase.events:>8} event(s)  {phase.seconds:6.1f}s")
+    if report.verification is not None:
+        typer.echo(f"  verified: {report.verification.message()}")
     if report.rebuild:
         retired = f"; retired {report.retired}" if report.retired and report.retired != report.physical else ""
         typer.echo(f"  rebuilt in {report.shadow}, swapped in as {report.namespace} "

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -61,6 +61,27 @@ class Hold:
     event_id: str
     version: int
     reason: str
+
+
+#: An entry's key: unique in its read model; `entries()` yields keys in ascending (Python tuple) order.
+EntryKey = tuple[str | int, ...]
+
+#: Rows per read when a sink walks its whole model (`entries`): memory stays bounded by a chunk.
+ENTRY_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of a read model, as `replay --rebuild --verify` compares it with the same row elsewhere.
+
+    `aggregate` is the Kafka key (aggregate id) of the events the row is folded from, so a difference can be
+    explained by that aggregate's later events; `version` is the aggregate version the row reflects (None for
+    rows that no version orders, e.g. a page view)."""
+
+    key: EntryKey
+    aggregate: str
+    version: int | None
+    value: Any
 
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
@@ -112,6 +133,11 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def snapshot(self) -> Any:
         """The whole read model as plain, comparable data (tests, rebuild checks). Not for large models."""
+
+    @abc.abstractmethod
+    def entries(self, chunk: int = ENTRY_CHUNK) -> Iterator[Entry]:
+        """Every row of the model, ascending by key, read `chunk` rows at a time (a rebuild's `--verify` walks
+        two models side by side in key order). Nothing when the model was never set up."""
 
     @abc.abstractmethod
     def drop(self) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import heapq
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
@@ -31,7 +31,7 @@ from cassandra import (
 )
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent
-from cassandra.query import PreparedStatement
+from cassandra.query import PreparedStatement, SimpleStatement
 
 from cdc.connect import CASSANDRA_READ_PROFILE, cassandra_replication, cassandra_session
 from cdc.errors import InvalidEventError
@@ -39,7 +39,17 @@ from cdc.event import Event
 from cdc.logs import get_logger
 from cdc.schemas import PageViewed, parse_payload
 from cdc.settings import Settings
-from sinks.base import PermanentSinkError, Sink, SinkError, SinkRefusedError, SinkTimeoutError, TransientSinkError
+from sinks.base import (
+    ENTRY_CHUNK,
+    Entry,
+    EntryKey,
+    PermanentSinkError,
+    Sink,
+    SinkError,
+    SinkRefusedError,
+    SinkTimeoutError,
+    TransientSinkError,
+)
 from sinks.pointers import POINTER_TTL_SECONDS, cassandra_pointer, clear_cassandra_pointer
 
 log = get_logger(__name__)
@@ -303,7 +313,7 @@ class ClickstreamSink(Sink):
 
     # -- reads ----------------------------------------------------------------------------------------
 
-    def _query(self, query: str, params: Sequence[Any] | None = None) -> Iterable[Any]:
+    def _query(self, query: str | SimpleStatement, params: Sequence[Any] | None = None) -> Iterable[Any]:
         """Rows of a read at the read consistency, bounded by `read_api_query_timeout_seconds` (past it:
         SinkTimeoutError); none when no worker created the keyspace or table yet (readers do no DDL)."""
         session = self._connect()
@@ -402,6 +412,60 @@ class ClickstreamSink(Sink):
                 for r in products
             ),
         }
+
+    def entries(self, chunk: int = ENTRY_CHUNK) -> Iterator[Entry]:
+        """Every row of the three tables (page views, product views, visitors), table by table, each in token
+        order as Cassandra scans it (pages of `chunk` rows), the token first in the key.
+
+        Within a partition Cassandra orders `uuid` event ids its own way, so rows that differ only by event id
+        (same user, day and time; same day and product) are gathered and sorted here: memory holds one such
+        group, i.e. at most one product's views of one day."""
+        ks = self.keyspace()
+        page_views = ("SELECT token(user_id, day) AS t, user_id, day, ts, event_id, url, product_id, referrer "
+                      f"FROM {ks}.page_views_by_user_day")
+        yield from self._scan(chunk, page_views, lambda r: (
+            ("page_views", int(r.t), r.user_id, str(r.day), _ms(r.ts)), str(r.event_id), r.user_id,
+            _view(r).to_json(),
+        ))
+        product_views = f"SELECT token(day) AS t, day, product_id, event_id, user_id, ts FROM {ks}.product_views_by_day"
+        yield from self._scan(chunk, product_views, lambda r: (
+            ("product_views", int(r.t), str(r.day), r.product_id), str(r.event_id), r.user_id,
+            {"day": str(r.day), "product_id": r.product_id, "event_id": str(r.event_id), "user_id": r.user_id,
+             "ts": _utc(r.ts).isoformat()},
+        ))
+        visitors = f"SELECT token(user_id) AS t, user_id, last_view FROM {ks}.visitors"
+        yield from self._scan(chunk, visitors, lambda r: (
+            ("visitors", int(r.t), r.user_id), "", r.user_id,
+            {"user_id": r.user_id, "last_view": _utc(r.last_view).isoformat()},
+        ))
+
+    def _scan(
+        self, chunk: int, query: str, row: Callable[[Any], tuple[EntryKey, str, str, dict[str, Any]]]
+    ) -> Iterator[Entry]:
+        """Entries of one table scan: consecutive rows with the same key prefix are sorted by their last part."""
+        group: list[tuple[str, str, dict[str, Any]]] = []
+        prefix: EntryKey | None = None
+        rows = iter(self._query(SimpleStatement(query, fetch_size=chunk)))
+        while True:
+            try:
+                r = next(rows, None)
+            except (OperationTimedOut, ReadTimeout) as exc:  # a later page timed out
+                raise SinkTimeoutError("cassandra did not answer the scan in time") from exc
+            except Exception as exc:
+                raise classify_cassandra_error(exc) from exc
+            current = None if r is None else row(r)
+            if prefix is not None and (current is None or current[0] != prefix):
+                for last, aggregate, value in sorted(group, key=lambda g: g[0]):
+                    yield Entry((*prefix, last), aggregate, None, value)
+                group = []
+            if current is None:
+                return
+            prefix = current[0]
+            group.append(current[1:])
+
+
+def _ms(ts: datetime) -> int:
+    return int(_utc(ts).timestamp() * 1000)
 
 
 def _utc(ts: datetime) -> datetime:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -31,7 +31,16 @@ from cdc.connect import postgres_connect
 from cdc.event import Event
 from cdc.logs import get_logger
 from cdc.settings import Settings
-from sinks.base import Hold, PermanentSinkError, Sink, SinkError, SinkRefusedError, TransientSinkError
+from sinks.base import (
+    ENTRY_CHUNK,
+    Entry,
+    Hold,
+    PermanentSinkError,
+    Sink,
+    SinkError,
+    SinkRefusedError,
+    TransientSinkError,
+)
 from sinks.holds import plan_holds, unpark
 
 R = TypeVar("R")
@@ -387,6 +396,39 @@ class PostgresFoldSink(Sink, Generic[R], abc.ABC):
 
         result: list[R] = self._run("rows", do)
         return result
+
+    def entries(self, chunk: int = ENTRY_CHUNK) -> Iterator[Entry]:
+        """Every row by key, `chunk` rows per query (keyset pages, each its own short read: no long transaction
+        holds back the live writers). Keys compare in byte order (COLLATE "C"), which for UTF-8 is the code-point
+        order Python sorts strings in, whatever the database's collation."""
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+        key = sql.Identifier(self.key_column)
+        first = sql.SQL('SELECT {} FROM {} ORDER BY {} COLLATE "C" LIMIT %s').format(cols, self._t(), key)
+        after = sql.SQL('SELECT {} FROM {} WHERE {} COLLATE "C" > %s ORDER BY {} COLLATE "C" LIMIT %s').format(
+            cols, self._t(), key, key
+        )
+
+        def page(last: str | None) -> list[Any]:
+            def do(conn: psycopg.Connection[TupleRow]) -> list[Any]:
+                try:
+                    cur = conn.execute(first, (chunk,)) if last is None else conn.execute(after, (last, chunk))
+                except psycopg.errors.UndefinedTable:
+                    return []
+                return cur.fetchall()
+
+            rows: list[Any] = self._run("entries", do)
+            return rows
+
+        last: str | None = None
+        while True:
+            rows = page(last)
+            for values in rows:
+                row = self.from_db(values)
+                yield Entry((str(values[0]),), str(values[0]), int(values[self.columns.index("version")]),
+                            self.row_json(row))
+            if len(rows) < chunk:
+                return
+            last = str(rows[-1][0])
 
     def count(self) -> int:
         """Number of rows."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, LiteralString
 
@@ -57,6 +57,8 @@ from cdc.schemas import (
 )
 from cdc.settings import Settings
 from sinks.base import (
+    ENTRY_CHUNK,
+    Entry,
     Hold,
     PermanentSinkError,
     Sink,
@@ -530,6 +532,29 @@ class PurchaseGraphSink(Sink):
             ORDER BY order_id, product_id
             """
         )
+
+    _EDGES = """
+    MATCH (c:$Customer)-[r:$PURCHASED]->(p:$Product)
+    WHERE $first OR r.order_id > $order_id OR (r.order_id = $order_id AND r.product_id > $product_id)
+    RETURN c.customer_id AS customer_id, p.product_id AS product_id, r.order_id AS order_id,
+           r.quantity AS quantity, r.unit_price AS unit_price, r.order_total AS order_total,
+           r.status AS status, r.active AS active, r.refunded_amount AS refunded_amount,
+           r.refund_ids AS refund_ids, r.version AS version, r.purchased_at AS purchased_at
+    ORDER BY order_id, product_id LIMIT $limit
+    """
+
+    def entries(self, chunk: int = ENTRY_CHUNK) -> Iterator[Entry]:
+        """Every purchase edge by (order_id, product_id), `chunk` edges per read transaction (keyset pages).
+        Neo4j orders strings by code point, as Python does; the aggregate of an edge is its order."""
+        last: tuple[str, str] | None = None
+        while True:
+            rows = self._read(self._EDGES, first=last is None, order_id=last[0] if last else "",
+                              product_id=last[1] if last else "", limit=chunk)
+            for r in rows:
+                yield Entry((r["order_id"], r["product_id"]), r["order_id"], int(r["version"]), r)
+            if len(rows) < chunk:
+                return
+            last = (rows[-1]["order_id"], rows[-1]["product_id"])
 
 
 def _released_row(event: Event, behind: dict[str, str]) -> tuple[str, dict[str, Any]]:

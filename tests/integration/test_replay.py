@@ -196,7 +196,8 @@ def test_rebuild_shows_its_plan_asks_first_and_dry_run_writes_nothing(
         assert "swap it in" in dry.stdout
         planned = json.loads(cli(*base, "--rebuild", "--dry-run", "--json", env=admin).stdout)
         assert planned == {"dry_run": True, "read_model": "order_view", "topic": topic, "namespace": ns,
-                           "physical": ns, "rebuild": True, "start": None, "partitions": PARTITIONS,
+                           "physical": ns, "rebuild": True, "start": None, "until": None, "verify": False,
+                           "partitions": PARTITIONS,
                            "events": len(events)}
         # no terminal to ask on, no --yes: refused, nothing done
         asked = cli(*base, "--rebuild", env=admin)

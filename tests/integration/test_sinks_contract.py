@@ -3,6 +3,7 @@
 - setup is idempotent; an empty batch is a no-op;
 - a batch written twice, or redelivered in reverse (stale versions), leaves the same read model;
 - a batch written at once equals the same events written one at a time;
+- `entries()` walks every row once, in ascending key order, the same whatever the page size;
 - an unreachable store raises TransientSinkError (retry), never a permanent error (dead letter).
 """
 
@@ -79,6 +80,20 @@ class SinkContract:
         for e in events:
             single.write([e])
         assert batched.snapshot() == single.snapshot()
+
+    def test_entries_walk_every_row_in_key_order_and_pages_change_nothing(self, make_sink: object) -> None:
+        empty = make_sink()  # type: ignore[operator]
+        assert list(empty.entries()) == []
+        batched, single = make_sink(), make_sink()  # type: ignore[operator]
+        events = self.events("d")
+        batched.write(events)
+        for e in events:
+            single.write([e])
+        walk = list(batched.entries())
+        assert walk and [e.key for e in walk] == sorted({e.key for e in walk})  # ascending, each key once
+        assert list(batched.entries(chunk=3)) == walk
+        assert list(single.entries(chunk=1)) == walk  # the same events give the same entries, in any pages
+        assert {e.aggregate for e in walk} <= {e.aggregate_id for e in events}
 
     def test_unreachable_store_is_a_transient_error(self, request: pytest.FixtureRequest) -> None:
         sink = build_sink(self.read_model, load_settings(**self.unreachable), unique("ct"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import pytest
@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from cdc.event import Event
 from cdc.retry import Backoff
-from sinks.base import Hold, PermanentSinkError, Sink, SinkRefusedError, TransientSinkError
+from sinks.base import Entry, Hold, PermanentSinkError, Sink, SinkRefusedError, TransientSinkError
 from streams.dlq import H_READ_MODEL, H_REASON, H_SOURCE_OFFSET, H_SOURCE_PARTITION, H_SOURCE_TOPIC, dead_letter_headers
 from streams.processor import BatchProcessor, DeadLetter, RawRecord, RejectedRecord, decode
 from tests.streams_support import POISON_MAX_BYTES as MAX_BYTES
@@ -58,6 +58,9 @@ class FakeSink(Sink):
 
     def snapshot(self) -> Any:
         return self.written
+
+    def entries(self, chunk: int = 1000) -> Iterator[Entry]:
+        return iter([Entry((e,), e, None, e) for e in sorted(set(self.written))])
 
     def drop(self) -> None: ...
 

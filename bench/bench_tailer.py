@@ -174,18 +174,24 @@ def tailer_latency(settings: Settings, client: Any, topic: str, args: argparse.N
     return latencies_ms(commits, acks)
 
 
+def unpublished(docs: list[Document]) -> list[Document]:
+    """The outbox documents as the polling relay's writers store them (the tailer needs no such flag)."""
+    return [{**doc, "published": False} for doc in docs]
+
+
 def run_polling(settings: Settings, client: Any, topic: str, args: argparse.Namespace) -> dict[str, Any]:
     db = f"bench_poll_{uuid.uuid4().hex[:6]}"
     outbox = client[db].outbox
-    outbox.create_index([("occurred_at", 1), ("version", 1), ("_id", 1)])
-    docs = make_docs(topic, args.polling_events)
+    # As a hand-rolled relay's services write them: a `published` flag, indexed with the creation order.
+    outbox.create_index([("published", 1), ("occurred_at", 1), ("version", 1), ("_id", 1)])
+    docs = unpublished(make_docs(topic, args.polling_events))
     preload(outbox, docs)
     acks = Acks()
     relay = PollingRelay(settings, outbox, on_ack=acks.add).start()
-    last = acks.wait({d["_id"] for d in docs}, timeout=600)
+    last = acks.wait({d["_id"] for d in docs}, timeout=300)
     # A steady rate, first acknowledgement to last, as for the tailer.
     throughput = (len(docs) - 1) / (last - min(acks.times.values()))
-    steady_docs = make_docs(topic, int(args.rate * args.seconds))
+    steady_docs = unpublished(make_docs(topic, int(args.rate * args.seconds)))
     commits = steady(outbox, steady_docs, args.rate)
     acks.wait(set(commits), timeout=120)
     relay.stop()

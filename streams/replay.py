@@ -222,18 +222,10 @@ class TopicReader:
         }
         if start is None:
             return lows
-        ms = int(start.timestamp() * 1000)
-        found = self.consumer.offsets_for_times(
-            [TopicPartition(self.topic, p, ms) for p in partitions], timeout=self.timeout
-        )
+        found = self._offsets_at(partitions, int(start.timestamp() * 1000))
         highs = self.high_watermarks(partitions)
-        out: dict[int, int] = {}
-        for tp in found:
-            if tp.error is not None:
-                raise ReplayError(f"offsets_for_times on {self.topic}[{tp.partition}]: {tp.error}")
-            # -1: no record at or after that time in this partition
-            out[tp.partition] = highs[tp.partition] if tp.offset < 0 else max(int(tp.offset), lows[tp.partition])
-        return out
+        # None: no record at or after that time in this partition
+        return {p: highs[p] if offset is None else max(offset, lows[p]) for p, offset in found.items()}
 
     def end_offsets(self, partitions: Sequence[int], until: datetime | None) -> dict[int, int]:
         """Per partition: the high watermark, or (with `until`) the first offset whose record is after `until`."""
@@ -241,16 +233,20 @@ class TopicReader:
         if until is None:
             return highs
         # Kafka times are whole milliseconds: the first record after `until` is at its millisecond + 1 or later
-        ms = int(until.timestamp() * 1000) + 1
+        found = self._offsets_at(partitions, int(until.timestamp() * 1000) + 1)
+        # None: no record after that time in this partition (yet): up to the end seen now
+        return {p: highs[p] if offset is None else min(offset, highs[p]) for p, offset in found.items()}
+
+    def _offsets_at(self, partitions: Sequence[int], ms: int) -> dict[int, int | None]:
+        """Per partition: the first offset whose record's timestamp is at or after `ms` (None: no such record)."""
         found = self.consumer.offsets_for_times(
             [TopicPartition(self.topic, p, ms) for p in partitions], timeout=self.timeout
         )
-        out: dict[int, int] = {}
+        out: dict[int, int | None] = {}
         for tp in found:
             if tp.error is not None:
                 raise ReplayError(f"offsets_for_times on {self.topic}[{tp.partition}]: {tp.error}")
-            # -1: no record after that time in this partition (yet): up to the end seen now
-            out[tp.partition] = highs[tp.partition] if tp.offset < 0 else min(int(tp.offset), highs[tp.partition])
+            out[tp.partition] = None if tp.offset < 0 else int(tp.offset)
         return out
 
     def keys_between(self, starts: dict[int, int], ends: dict[int, int]) -> set[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +15,7 @@ from cdc.mongo import mongo_client
 from cdc.settings import Settings, load_settings
 from infra.servers.base import Server
 from infra.servers.mongo import MongoServer
-from tests.helpers import free_port, unique
+from tests.helpers import free_port, private_server, unique
 from tests.tls_support import Tls, make_tls
 
 configure_logging("WARNING", json=False)
@@ -87,16 +86,13 @@ def restart_after(settings: Settings) -> Iterator[list[Server]]:
 def private_mongo(settings: Settings, kafka: Server) -> Iterator[tuple[MongoServer, Settings]]:
     """A MongoDB of the test's own (to freeze with SIGSTOP or stop), and settings that point at it; thawed,
     stopped and removed afterwards."""
-    server = MongoServer(settings, instance=unique("mongo_private"), port=free_port())
-    server.ensure_running()
-    try:
-        yield server, settings.model_copy(update={"mongo_uri_override": server.uri})
-    finally:
-        pid = server.process.pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGCONT)
-        server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
+    with private_server(MongoServer(settings, instance=unique("mongo_private"), port=free_port())) as server:
+        try:
+            yield server, settings.model_copy(update={"mongo_uri_override": server.uri})
+        finally:
+            pid = server.process.pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
+from infra.servers.base import Server
+
 T = TypeVar("T")
+S = TypeVar("S", bound=Server)
 
 
 def wait_for(
@@ -36,3 +41,14 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextmanager
+def private_server(server: S) -> Iterator[S]:
+    """A test's own server: started and healthy, then stopped and its data removed."""
+    server.ensure_running()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)

@@ -20,7 +20,7 @@ from cdc.kafka import kafka_config
 from cdc.settings import Settings
 from infra.servers.kafka import KafkaServer
 from infra.servers.postgres import PostgresServer
-from tests.helpers import free_port, unique
+from tests.helpers import free_port, private_server, unique
 from tests.tls_support import Tls
 
 pytestmark = pytest.mark.integration
@@ -74,12 +74,8 @@ def tls_kafka(settings: Settings, tls: Tls) -> Iterator[KafkaServer]:
     """A private broker whose client listener is SASL_SSL."""
     server = KafkaServer(settings, instance=unique("kafka_tls"), port=free_port(), controller_port=free_port(),
                          tls=(tls.cert_pem, tls.key_pem, tls.ca_pem))
-    server.ensure_running()
-    try:
+    with private_server(server):
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def _list_topics(s: Settings) -> int:

@@ -6,7 +6,6 @@ refuse the server with the other, and are refused without TLS."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from cdc.settings import Settings, load_settings
 from cdc.stream_reader import ChangeReader, Fetcher
 from infra.servers.mongo import MongoServer
 from infra.servers.neo4j import Neo4jServer
-from tests.helpers import free_port, unique
+from tests.helpers import free_port, private_server, unique
 from tests.streams_support import page_view
 from tests.tls_support import Tls
 
@@ -37,14 +36,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def tls_mongo(settings: Settings, tls: Tls) -> Iterator[MongoServer]:
     """A private SecantusDB with --auth that accepts TLS connections only."""
-    server = MongoServer(settings, instance=unique("mongo_tls"), port=free_port(),
-                         tls=(tls.cert_pem, tls.key_pem, tls.ca_pem))
-    server.ensure_running()
-    try:
+    with private_server(MongoServer(settings, instance=unique("mongo_tls"), port=free_port(),
+                                    tls=(tls.cert_pem, tls.key_pem, tls.ca_pem))) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def _mongo_uri(server: MongoServer, settings: Settings, options: str) -> Settings:
@@ -99,14 +93,9 @@ def test_mongo_refuses_a_client_without_tls(tls_mongo: MongoServer, settings: Se
 def tls_neo4j(settings: Settings, tls: Tls) -> Iterator[Neo4jServer]:
     """A private Neo4j (auth on) whose Bolt connector requires TLS, with a small heap."""
     own = settings.model_copy(update={"neo4j_bolt_port": free_port()})
-    server = Neo4jServer(own, instance=unique("neo4j_tls"), tls=(tls.cert_pem, tls.key_pem, tls.ca_pem),
-                         max_heap="256m")
-    server.ensure_running()
-    try:
+    with private_server(Neo4jServer(own, instance=unique("neo4j_tls"), tls=(tls.cert_pem, tls.key_pem, tls.ca_pem),
+                                    max_heap="256m")) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def _neo4j_uri(server: Neo4jServer, scheme: str, ca_file: Path | None = None) -> Settings:
